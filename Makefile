@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= $(shell nproc)
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint install clean-demo help
+
+help:
+	@echo "make demo   - install into $(VENV) (if needed) and run the whole workflow on the synthetic demo cohort"
+	@echo "make test   - install into $(VENV) (if needed) and run the test suite"
+	@echo "make lint   - ruff + snakemake --lint"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency list changes; `pip install -e` keeps code edits live.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
+	@echo
+	@echo "Demo finished. Results are in $$(pwd)/results/ (cohort in results/demo_cohort/)."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mmfusion tests
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results .snakemake

@@ -1,0 +1,1 @@
+"""One module per `mmfusion` subcommand; each defines `register(subparsers)`."""

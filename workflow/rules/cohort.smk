@@ -1,0 +1,1 @@
+# cohort stage rules (not written yet).

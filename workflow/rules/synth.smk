@@ -1,0 +1,32 @@
+# Demo cohort generation: only when config says the cohort is synthetic.
+
+
+if SYNTHETIC:
+
+    rule synth_cohort:
+        output:
+            manifest=f"{DEMO_COHORT}/manifest.json",
+            clinical=f"{DEMO_COHORT}/clinical.csv",
+            hematology=f"{DEMO_COHORT}/hematology.csv",
+            truth=f"{DEMO_COHORT}/truth.csv",
+        params:
+            out=DEMO_COHORT,
+            synth=config["synth"],
+        log:
+            f"{RESULTS}/logs/synth_cohort.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/synth_cohort.tsv"
+        conda:
+            "../../envs/preprocess.yaml"
+        shell:
+            "mmfusion synth --out {params.out:q}"
+            " --n-patients {params.synth[n_patients]}"
+            " --seed {params.synth[seed]}"
+            " --prevalence {params.synth[prevalence]}"
+            " --matrix {params.synth[matrix]}"
+            " --n-slices {params.synth[n_slices]}"
+            " --pixel-spacing {params.synth[pixel_spacing]}"
+            " --slice-thickness {params.synth[slice_thickness]}"
+            " > {log:q} 2>&1"
+
+    FINAL_TARGETS.append(rules.synth_cohort.output.manifest)
