@@ -1,0 +1,1 @@
+"""Cohort stage: table validation and merge, QC exclusions, folds, in-fold preprocessing."""

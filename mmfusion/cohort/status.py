@@ -1,0 +1,41 @@
+"""Reading the convert stage's per-patient `convert_status.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmfusion.errors import MMFusionError
+
+STATUSES = ("ok", "excluded")
+
+
+def read_convert_status(path: str | Path) -> dict[str, Any]:
+    """Parse and check a `convert_status.json` (keys patient_id, status, reason, warnings)."""
+    p = Path(path)
+    try:
+        status = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MMFusionError(f"cannot read convert status: {err}", path=str(p),
+                            fix="re-run `mmfusion convert` for this patient") from err
+    if not isinstance(status, dict) or status.get("status") not in STATUSES:
+        raise MMFusionError(f"convert status must have status in {STATUSES}", path=str(p),
+                            fix="re-run `mmfusion convert` for this patient")
+    status.setdefault("patient_id", p.parent.name)
+    status.setdefault("reason", "")
+    status.setdefault("warnings", [])
+    return status
+
+
+def require_converted(patient_dir: str | Path) -> dict[str, Any]:
+    """Status of a patient folder that must have been converted successfully."""
+    d = Path(patient_dir)
+    status = read_convert_status(d / "convert_status.json")
+    if status["status"] != "ok":
+        raise MMFusionError(
+            f"patient was excluded at conversion ({status['reason']}); nothing to do",
+            patient=d.name,
+            fix="downstream rules request only patients with status ok",
+        )
+    return status

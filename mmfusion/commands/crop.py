@@ -1,0 +1,36 @@
+"""`mmfusion crop`: tumour and node patches (+ QC picture) of one converted patient."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "crop",
+        help="cut tumour/node patches of one converted patient (patches.npz, qc.png)",
+        description="Reads ct/gtv_t/gtv_n NIfTIs from PATIENT_DIR (the convert output) and "
+        "writes PATIENT_DIR/patches.npz and PATIENT_DIR/qc.png.",
+    )
+    p.add_argument("patient_dir", help="folder {results}/patients/{patient}")
+    p.add_argument("--settings", default="{}",
+                   help="the `crop` config section as JSON (omitted keys: reference sizes)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmfusion.cohort.status import require_converted
+    from mmfusion.crop import CropSettings, run_crop
+    from mmfusion.errors import ConfigError
+
+    try:
+        section = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--settings is not JSON: {err}") from err
+    settings = CropSettings.from_config(section)
+    require_converted(args.patient_dir)
+    patches = run_crop(args.patient_dir, settings)
+    print(f"{args.patient_dir}: tumour {patches.tumour.shape}, "
+          f"nodes present {patches.node_present.tolist()}")
+    return 0
