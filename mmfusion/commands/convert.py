@@ -1,0 +1,83 @@
+"""`mmfusion convert`: one patient's CT + RTSTRUCT -> ct.nii.gz, gtv_t/gtv_n.nii.gz, rois.json.
+
+Two forms:
+    mmfusion convert PATIENT_DICOM_DIR --out OUT_DIR [--tumour-roi REGEX] [--node-roi REGEX]
+    mmfusion convert --index index.tsv --patient ID --out OUT_DIR [...]
+With --status-out FILE a foreseeable refusal is recorded there ("excluded") and the exit
+code is 0, so a workflow can go on with the other patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert one patient's CT series and RTSTRUCT to NIfTI volumes/masks",
+        description="Write OUT_DIR/ct.nii.gz (HU), gtv_t.nii.gz (0/1), gtv_n.nii.gz (uint16"
+        " label map, one label per node, largest first) and rois.json.",
+    )
+    parser.add_argument("patient_dir", metavar="PATIENT_DICOM_DIR", nargs="?",
+                        help="folder holding one patient's CT series and RTSTRUCT")
+    parser.add_argument("--index", help="index TSV from `mmfusion index` (instead of a folder)")
+    parser.add_argument("--patient", help="patient (sanitised or raw PatientID) with --index")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--tumour-roi", help="regex for the GTV-T ROI name (case-insensitive,"
+                        " full match); default: config rois.tumour default")
+    parser.add_argument("--node-roi", help="regex for GTV-N ROI names")
+    parser.add_argument("--plane-tolerance", type=float,
+                        help="max contour-to-slice distance as a fraction of the slice spacing"
+                        " (default 0.25)")
+    parser.add_argument("--status-out", help="write a status JSON here; refusals exit 0")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmfusion.dicom.convert import (
+        ConvertSettings,
+        convert_patient,
+        inputs_from_folder,
+        inputs_from_index,
+    )
+    from mmfusion.errors import MMFusionError
+    from mmfusion.io import write_text_atomic
+
+    if bool(args.patient_dir) == bool(args.index):
+        raise SystemExit("mmfusion convert: give either PATIENT_DICOM_DIR or --index with"
+                         " --patient")
+    if args.index and not args.patient:
+        raise SystemExit("mmfusion convert: --index needs --patient")
+    rois = {k: v for k, v in (("tumour", args.tumour_roi), ("node", args.node_roi)) if v}
+    convert = {"plane_tolerance": args.plane_tolerance} if args.plane_tolerance else {}
+    patient = args.patient or args.patient_dir
+    try:
+        settings = ConvertSettings.from_config(rois, convert)
+        if args.index:
+            inputs = inputs_from_index(args.index, args.patient, settings)
+        else:
+            inputs = inputs_from_folder(args.patient_dir, settings)
+        patient = inputs.patient_id
+        summary = convert_patient(inputs, args.out, settings)
+    except MMFusionError as err:
+        if not args.status_out:
+            raise
+        pid = err.patient or patient
+        log.warning("patient %s excluded: %s", pid, err)
+        status = {"patient_id": pid, "status": "excluded", "reason": str(err), "warnings": []}
+        write_text_atomic(args.status_out, json.dumps(status, indent=2) + "\n")
+        return 0
+    for warning in summary["warnings"]:
+        log.warning("%s: %s", summary["patient_id"], warning)
+    log.info("%s: GTV-T %d voxels (%.1f cm3), %d node(s) -> %s", summary["patient_id"],
+             summary["tumour"]["voxels"], summary["tumour"]["volume_mm3"] / 1000,
+             len(summary["nodes"]), args.out)
+    if args.status_out:
+        status = {"patient_id": summary["patient_id"], "status": "ok", "reason": "",
+                  "warnings": summary["warnings"]}
+        write_text_atomic(args.status_out, json.dumps(status, indent=2) + "\n")
+    return 0

@@ -1,0 +1,1 @@
+"""DICOM ingestion: crawl and link series (index), CT -> NIfTI (series), RTSTRUCT -> masks."""

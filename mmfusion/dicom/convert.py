@@ -1,0 +1,272 @@
+"""Per-patient conversion: CT series + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from mmfusion import __version__
+from mmfusion.dicom.index import index_dicom, read_index
+from mmfusion.dicom.rasterize import rasterise_roi
+from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
+from mmfusion.dicom.rtstruct import parse_rtstruct
+from mmfusion.dicom.series import SeriesChecks, load_ct_series
+from mmfusion.errors import ConfigError, DicomError
+from mmfusion.io import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TUMOUR = r"(GTV[-_ ]?T(umou?r)?|GTV[-_ ]?p(rimary)?)"
+DEFAULT_NODE = r"(GTV[-_ ]?N[-_ ]?\d*|GTV[-_ ]?n(ode)?s?[-_ ]?\d*|GTV[-_ ]?LN[-_ ]?\d*)"
+OUTPUT_FILES = ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz", "rois.json")
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Settings of the convert stage (config sections `rois` and `convert`)."""
+
+    tumour: str = DEFAULT_TUMOUR
+    node: str = DEFAULT_NODE
+    plane_tolerance: float = 0.25  # fraction of the slice spacing
+    missing_gap_factor: float = 1.5
+    uneven_tolerance: float = 0.05
+
+    @classmethod
+    def from_config(cls, rois: Mapping | None = None,
+                    convert: Mapping | None = None) -> ConvertSettings:
+        """Build from the `rois` and `convert` config sections; unknown keys fail."""
+        values: dict = {}
+        known = {f.name for f in fields(cls)}
+        for section, mapping in (("rois", rois or {}), ("convert", convert or {})):
+            for key, value in mapping.items():
+                if key not in known:
+                    raise ConfigError(f"unknown key {section}.{key}",
+                                      fix=f"use one of {sorted(known)}")
+                values[key] = value
+        settings = cls(**values)
+        if not 0 < settings.plane_tolerance <= 0.5:
+            raise ConfigError("convert.plane_tolerance must be in (0, 0.5]")
+        return settings
+
+    def checks(self) -> SeriesChecks:
+        return SeriesChecks(missing_gap_factor=self.missing_gap_factor,
+                            uneven_tolerance=self.uneven_tolerance)
+
+
+@dataclass
+class PatientInputs:
+    patient_id: str
+    ct_files: list[str]
+    rtstruct: str
+    warnings: list[str]
+
+
+# --------------------------------------------------------------------------- input selection
+
+def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> PatientInputs:
+    """Pick the RTSTRUCT and its CT series for one patient from index rows.
+
+    `patient` is the sanitised ID (the `patient` column) or the raw PatientID.
+    Raises DicomError for every refusal (no linked RTSTRUCT, shared PatientID, ...).
+    """
+    mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]]
+    if not mine:
+        raise DicomError("no DICOM object of this patient in the index", patient=patient,
+                         fix="check the PatientID or re-run `mmfusion index`")
+    patient_id = mine[0]["patient_id"]
+    for row in mine:
+        for problem in row["problems"]:
+            if "shared by" in problem:
+                raise DicomError(problem, patient=patient_id, path=_first_file(row),
+                                 fix="give each patient a unique PatientID")
+    structs = [r for r in mine if r["modality"] == "RTSTRUCT"]
+    if not structs:
+        raise DicomError("no RTSTRUCT for this patient", patient=patient_id,
+                         path=mine[0]["dicom_root"])
+    linked = [r for r in structs if r["linked_series_uid"]]
+    if not linked:
+        problems = "; ".join(p for r in structs for p in r["problems"])
+        raise DicomError(f"no RTSTRUCT is linked to a CT series ({problems})",
+                         patient=patient_id, path=_first_file(structs[0]),
+                         fix="add the referenced CT series to the DICOM root")
+    tumour = compile_roi_regex(settings.tumour, "tumour")
+    with_tumour = [r for r in linked if match_rois(r["roi_names"], tumour)]
+    choice = with_tumour or linked
+    choice.sort(key=lambda r: r["structure_set_date"], reverse=True)
+    warnings = []
+    if len(choice) > 1:
+        warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
+                        f" ({_first_file(choice[0])})")
+    struct = choice[0]
+    for problem in struct["problems"]:
+        if "Frame of Reference mismatch" in problem:
+            raise DicomError(problem, patient=patient_id, path=_first_file(struct),
+                             fix="re-export the RTSTRUCT on the CT's Frame of Reference")
+    series = [r for r in mine if r["modality"] == "CT"
+              and r["series_uid"] == struct["linked_series_uid"]]
+    if len(series) != 1:
+        raise DicomError(f"linked CT series {struct['linked_series_uid']} not found once in"
+                         " the index", patient=patient_id, path=_first_file(struct))
+    others = [r for r in mine if r["modality"] == "CT" and r is not series[0]]
+    if others:
+        warnings.append(f"{len(others)} other CT series ignored (not referenced by the"
+                        " RTSTRUCT)")
+    warnings.extend(f"RTSTRUCT: {p}" for p in struct["problems"])
+    root = Path(series[0]["dicom_root"])
+    return PatientInputs(
+        patient_id=patient_id,
+        ct_files=[str(root / f) for f in series[0]["files"]],
+        rtstruct=str(Path(struct["dicom_root"]) / struct["files"][0]),
+        warnings=warnings,
+    )
+
+
+def _first_file(row: dict) -> str:
+    return str(Path(row["dicom_root"]) / row["files"][0]) if row["files"] else row["dicom_root"]
+
+
+def inputs_from_index(index_tsv: str | Path, patient: str,
+                      settings: ConvertSettings) -> PatientInputs:
+    return select_inputs(read_index(index_tsv), patient, settings)
+
+
+def inputs_from_folder(folder: str | Path, settings: ConvertSettings,
+                       workers: int = 1) -> PatientInputs:
+    """Crawl one patient's folder and select its inputs; refuse several PatientIDs."""
+    rows = index_dicom(folder, workers=workers, progress=False)
+    ids = sorted({r["patient"] for r in rows if r["patient"]})
+    if not ids:
+        raise DicomError("no DICOM object with a PatientID in the folder", path=str(folder))
+    if len(ids) > 1:
+        raise DicomError(f"the folder holds {len(ids)} PatientIDs ({', '.join(ids[:5])})",
+                         path=str(folder),
+                         fix="convert one patient per folder, or use `--index` with `--patient`")
+    return select_inputs(rows, ids[0], settings)
+
+
+# --------------------------------------------------------------------------- conversion
+
+def convert_patient(inputs: PatientInputs, out_dir: str | Path,
+                    settings: ConvertSettings) -> dict:
+    """Convert one patient; write the four outputs atomically; return the rois.json dict.
+
+    Raises:
+        DicomError: a refusal (geometry policy, no tumour ROI, empty tumour mask, ...).
+    """
+    import SimpleITK as sitk
+
+    started = time.perf_counter()
+    pid = inputs.patient_id
+    out_dir = Path(out_dir)
+    warnings = list(inputs.warnings)
+    ct = load_ct_series(inputs.ct_files, patient=pid, checks=settings.checks())
+    warnings.extend(ct.warnings)
+    if ct.array.shape[0] < 2:
+        raise DicomError(
+            "single-slice CT series: a 3D volume is needed", patient=pid,
+            path=ct.files[0], fix="supply the whole CT series (the RTSTRUCT may list the"
+            " missing slices)")
+    rs = parse_rtstruct(inputs.rtstruct, patient=pid)
+    if (ct.frame_of_reference_uid and rs.frame_of_reference_uids
+            and ct.frame_of_reference_uid not in rs.frame_of_reference_uids):
+        raise DicomError(
+            f"Frame of Reference mismatch: RTSTRUCT {', '.join(rs.frame_of_reference_uids)}"
+            f" vs CT {ct.frame_of_reference_uid}", patient=pid, path=rs.path,
+            fix="re-export the RTSTRUCT on the CT's Frame of Reference")
+    if not ct.frame_of_reference_uid:
+        warnings.append("CT series has no FrameOfReferenceUID; contours are placed by"
+                        " coordinates alone")
+    names = rs.roi_names()
+    tumour_names = match_rois(names, compile_roi_regex(settings.tumour, "tumour"))
+    node_names = [n for n in match_rois(names, compile_roi_regex(settings.node, "node"))
+                  if n not in tumour_names]
+    if not tumour_names:
+        raise DicomError(
+            f"no ROI name matches the tumour pattern {settings.tumour!r}", patient=pid,
+            path=rs.path, fix="set `rois.tumour` (or --tumour-roi) to a regex that matches"
+            f" one of: {', '.join(names) or '(no ROIs)'}")
+    by_name: dict[str, list] = {}
+    for roi in rs.rois:
+        by_name.setdefault(roi.name, []).extend(roi.contours)
+    shape = ct.array.shape
+    voxel_volume = float(np.prod(ct.spacing))
+    roi_reports = {}
+
+    def rasterise(name: str) -> np.ndarray:
+        mask, report = rasterise_roi(by_name.get(name, []), shape, ct.origin, ct.spacing,
+                                     ct.direction, plane_tolerance=settings.plane_tolerance)
+        roi_reports[name] = {**asdict(report), "voxels": int(mask.sum()),
+                             "volume_mm3": round(float(mask.sum()) * voxel_volume, 3)}
+        roi_reports[name].pop("off_volume_planes_mm")
+        warnings.extend(report.warnings(name))
+        if report.contours == 0:
+            warnings.append(f"ROI {name!r} has no contours (empty ROI)")
+        return mask
+
+    tumour = np.zeros(shape, dtype=bool)
+    for name in tumour_names:
+        tumour |= rasterise(name)
+    if len(tumour_names) > 1:
+        warnings.append(f"{len(tumour_names)} ROIs match the tumour pattern"
+                        f" ({', '.join(tumour_names)}); their union is GTV-T")
+    if not tumour.any():
+        raise DicomError(
+            f"tumour ROI(s) {', '.join(tumour_names)} have no voxel on this CT series"
+            f" ({'; '.join(warnings[-3:]) or 'no closed contours'})", patient=pid,
+            path=rs.path, fix="check that the RTSTRUCT belongs to this CT series")
+    node_masks = [(name, rasterise(name)) for name in node_names]
+    node_masks = [(n, m) for n, m in node_masks if m.any()]
+    labels, nodes, node_warnings = node_label_map(node_masks, voxel_volume)
+    warnings.extend(node_warnings)
+    if labels is None:
+        labels = np.zeros(shape, dtype=np.uint16)
+    if not node_names:
+        warnings.append("no ROI matches the node pattern: GTV-N is empty (valid: node-negative"
+                        " or not contoured)")
+    reference = ct.to_sitk()
+    outputs = {
+        "ct.nii.gz": reference,
+        "gtv_t.nii.gz": _like(sitk.GetImageFromArray(tumour.astype(np.uint8)), reference),
+        "gtv_n.nii.gz": _like(sitk.GetImageFromArray(labels), reference),
+    }
+    for filename, image in outputs.items():
+        with atomic_path(out_dir / filename) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+    summary = {
+        "patient_id": pid,
+        "mmfusion_version": __version__,
+        "ct": {
+            "series_uid": ct.series_uid,
+            "frame_of_reference_uid": ct.frame_of_reference_uid,
+            "size_xyz": [int(v) for v in shape[::-1]],
+            "spacing_xyz_mm": [round(float(v), 6) for v in ct.spacing],
+            "origin_lps_mm": [round(float(v), 4) for v in ct.origin],
+            "direction_lps": [round(float(v), 6) for v in ct.direction.ravel()],
+            "dtype": str(ct.array.dtype),
+            "n_files": len(ct.files),
+        },
+        "rtstruct": {"file": rs.path, "sop_instance_uid": rs.sop_uid,
+                     "structure_set_date": rs.date},
+        "tumour": {"rois": tumour_names, "voxels": int(tumour.sum()),
+                   "volume_mm3": round(float(tumour.sum()) * voxel_volume, 3)},
+        "nodes": nodes,
+        "node_rois": node_names,
+        "other_rois": [n for n in names if n not in tumour_names and n not in node_names],
+        "roi_reports": roi_reports,
+        "warnings": warnings,
+        "settings": asdict(settings),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_text_atomic(out_dir / "rois.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _like(image, reference):
+    image.CopyInformation(reference)
+    return image
