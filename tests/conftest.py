@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny synthetic cohort and paths to the read-only shared data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmfusion.synth import SynthSettings, generate_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Small but valid: 64 x 5.2 mm = 333 mm field of view, 32 slices x 5 mm.
+TINY = SynthSettings(n_patients=3, seed=7, prevalence=0.5, matrix=64, n_slices=32,
+                     pixel_spacing=5.2, slice_thickness=5.0)
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian tool that .ci/run installs; skip (with the reason) where absent."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (CI installs it: see .ci/run)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-patient synthetic cohort written once per test session (read-only for tests)."""
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    generate_cohort(out, TINY, jobs=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

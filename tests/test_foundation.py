@@ -1,0 +1,75 @@
+"""The installed stack, the CLI, ID sanitising and atomic writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmfusion.cli import main
+from mmfusion.ids import sanitize_id
+from mmfusion.io import atomic_path
+
+
+def test_pinned_stack_imports() -> None:
+    import dgl
+    import radiomics  # noqa: F401  (pyradiomics-bhklab)
+    import torch
+
+    assert torch.__version__.startswith("2.2.1")
+    assert dgl.__version__ == "2.1.0"
+    # dgl really works on this torch: a GAT layer on a batched graph, forward + backward
+    g = dgl.batch([dgl.graph(([0, 1, 2], [1, 2, 0]))] * 2)
+    g = dgl.add_self_loop(g)
+    layer = dgl.nn.GATConv(4, 3, num_heads=2)
+    out = layer(g, torch.randn(6, 4, requires_grad=True))
+    out.sum().backward()
+    assert out.shape == (6, 2, 3)
+
+
+def test_cli_lists_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "synth" in capsys.readouterr().out
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "mmfusion", "synth", "--out", str(tmp_path),
+         "--matrix", "32", "--pixel-spacing", "1"],
+        capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "field of view" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("raw", ["../x", "..", "a/b", "/etc/passwd", "ESO 1", "é"])
+def test_sanitized_ids_stay_inside_a_folder(raw: str, tmp_path: Path) -> None:
+    safe = sanitize_id(raw)
+    target = (tmp_path / safe).resolve()
+    assert target.parent == tmp_path.resolve()
+    assert "/" not in safe and not safe.startswith(".")
+
+
+def test_sanitized_ids_are_stable_and_distinct() -> None:
+    assert sanitize_id("ESO-0001") == "ESO-0001"
+    assert sanitize_id("a/b") != sanitize_id("a_b")
+    assert sanitize_id("a/b") == sanitize_id("a/b")
+    with pytest.raises(ValueError):
+        sanitize_id("  ")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    final = tmp_path / "out.nii.gz"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(final) as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_text("whole")
+    assert final.read_text() == "whole"
+    assert list(tmp_path.iterdir()) == [final]
