@@ -85,7 +85,8 @@ class CropSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:
-            raise ConfigError(f"unknown crop setting(s): {unknown}", fix=f"use only {sorted(known)}")
+            raise ConfigError(f"unknown crop setting(s): {unknown}",
+                              fix=f"use only {sorted(known)}")
         conv: dict[str, Any] = {}
         for key, value in section.items():
             if key == "node_sizes":

@@ -179,7 +179,8 @@ def ibsi_resample(
     sp = np.array(spacing, float)
     direction = np.array(image.GetDirection(), float).reshape(3, 3)
     n_new = np.ceil(n * so / sp).astype(int)
-    origin = np.array(image.GetOrigin(), float) + direction @ ((so * (n - 1) - sp * (n_new - 1)) / 2)
+    shift = (so * (n - 1) - sp * (n_new - 1)) / 2
+    origin = np.array(image.GetOrigin(), float) + direction @ shift
 
     arr = sitk.GetArrayViewFromImage(mask) == label
     idx = np.argwhere(arr)
@@ -306,6 +307,6 @@ def provenance_header(settings: RadiomicsSettings, extractor: Extractor) -> dict
         "params_file": str(settings.params_path),
         "params_sha256": hashlib.sha256(text).hexdigest(),
         "params": extractor.params,
-        "versions": {"pyradiomics": radiomics.__version__, "SimpleITK": sitk.Version_VersionString(),
-                     "numpy": np.__version__},
+        "versions": {"pyradiomics": radiomics.__version__,
+                     "SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__},
     }

@@ -1,0 +1,268 @@
+"""In-fold preprocessing: everything learned from data is learned on training rows only.
+
+`FoldPreprocessor(spec, settings).fit(train_df)` learns, per group of the feature spec:
+imputation values, scaling, and — for radiomics — the selected features (variance filter,
+correlation filter, then mRMR or L1-logistic down to a configured count; the reference
+used 32 tumour and 19 node features). `.transform(df)` returns float32 arrays keyed by
+group: `clinical`, `hematology`, `radiomics_tumour`, `radiomics_node`. Fitted state ends
+in `_` (scikit-learn style). Categorical levels come from the spec (config), not the data.
+
+Output columns, in order (`feature_names_out_`):
+  clinical / hematology: scaled numeric columns, then one-hot `{column}={level}` (a
+  missing category is all zeros);
+  radiomics_tumour: selected features, scaled;
+  radiomics_node: selected features, scaled (patients without nodes: imputed), then the
+  `gtvn_present` flag unscaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmfusion.cohort.tables import _norm
+from mmfusion.errors import ConfigError, TableError
+
+GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
+RADIOMICS = ("radiomics_tumour", "radiomics_node")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Settings of in-fold preprocessing (config section `preprocess`).
+
+    Attributes:
+        impute: numeric imputation, `median` or `mean` of the training rows.
+        scaling: `standard` (mean/sd), `robust` (median/IQR) or `none`.
+        variance_threshold: drop radiomics features whose variance after min-max scaling
+            to [0, 1] on the training rows is at most this.
+        correlation_threshold: of two radiomics features with |Pearson r| above this on
+            the training rows, keep the more relevant one.
+        selection: `mrmr` (F-statistic relevance / mean |r| redundancy, deterministic),
+            `l1` (L1-logistic, ranked by |coefficient|) or `none` (keep all filtered).
+        n_tumour: radiomics_tumour features kept.
+        n_node: radiomics_node features kept.
+        seed: random seed of the L1 solver.
+    """
+
+    impute: str = "median"
+    scaling: str = "standard"
+    variance_threshold: float = 1e-4
+    correlation_threshold: float = 0.9
+    selection: str = "mrmr"
+    n_tumour: int = 32
+    n_node: int = 19
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {"impute": ("median", "mean"), "scaling": ("standard", "robust", "none"),
+                  "selection": ("mrmr", "l1", "none")}
+        for key, allowed in checks.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"preprocess.{key} must be one of {allowed}")
+        if not 0 < self.correlation_threshold <= 1:
+            raise ConfigError("preprocess.correlation_threshold must be in (0, 1]")
+        if self.n_tumour < 1 or self.n_node < 1:
+            raise ConfigError("preprocess.n_tumour and n_node must be positive")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> PreprocessSettings:
+        section = dict(section or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"unknown preprocess setting(s): {unknown}",
+                              fix=f"use {sorted(known)}")
+        return cls(**section)
+
+
+def _f_statistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One-way ANOVA F of each column of x (n, d) against a binary label (finite, >= 0)."""
+    from sklearn.feature_selection import f_classif
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f, _ = f_classif(x, y)
+    return np.nan_to_num(f, nan=0.0, posinf=1e12)
+
+
+def _corr(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return np.abs(z.T @ z / max(len(x), 1))
+
+
+class FoldPreprocessor:
+    """Imputation, scaling, one-hot encoding and radiomics selection fitted on one fold.
+
+    Args:
+        spec: the cohort's `feature_spec.json` content.
+        settings: preprocessing settings (or a config section mapping).
+    """
+
+    def __init__(self, spec: Mapping[str, Any],
+                 settings: PreprocessSettings | Mapping[str, Any] | None = None) -> None:
+        self.spec = spec
+        self.settings = (settings if isinstance(settings, PreprocessSettings)
+                         else PreprocessSettings.from_config(settings))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _numeric(self, group: str) -> list[str]:
+        g = self.spec["groups"][group]
+        return list(g["numeric"]) if isinstance(g, Mapping) else list(g)
+
+    def _categorical(self, group: str) -> dict[str, list[str]]:
+        g = self.spec["groups"][group]
+        return {k: [str(v) for v in lv] for k, lv in g.get("categorical", {}).items()} \
+            if isinstance(g, Mapping) else {}
+
+    def _flags(self, group: str) -> list[str]:
+        return list(self.spec.get("flags", {}).get(group, []))
+
+    def _fit_scaler(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fill, centre, scale) of columns of x (n, d) with NaNs, from the given rows."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns -> filled below
+            fill = (np.nanmedian(x, axis=0) if self.settings.impute == "median"
+                    else np.nanmean(x, axis=0))
+        fill = np.nan_to_num(fill, nan=0.0)
+        xf = np.where(np.isnan(x), fill, x)
+        if self.settings.scaling == "standard":
+            centre, scale = xf.mean(axis=0), xf.std(axis=0)
+        elif self.settings.scaling == "robust":
+            centre = np.median(xf, axis=0)
+            q75, q25 = np.percentile(xf, [75, 25], axis=0)
+            scale = q75 - q25
+        else:
+            centre, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        scale = np.where(scale > 0, scale, 1.0)
+        return fill, centre, scale
+
+    def _select(self, x: np.ndarray, y: np.ndarray, names: list[str], k: int) -> list[str]:
+        """Variance filter, correlation filter, then mRMR / L1 down to k features."""
+        s = self.settings
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        rng = np.where(hi > lo, hi - lo, 1.0)
+        var = ((x - lo) / rng).var(axis=0)
+        keep = np.flatnonzero((var > s.variance_threshold) & (hi > lo))
+        if keep.size == 0:
+            return []
+        relevance = _f_statistic(x[:, keep], y)
+        order = keep[np.argsort(-relevance, kind="stable")]
+        corr = _corr(x[:, order])
+        kept: list[int] = []
+        for j in range(len(order)):
+            if all(corr[j, i] <= s.correlation_threshold for i in kept):
+                kept.append(j)
+        cand = order[kept]
+        if s.selection == "none" or len(cand) <= k:
+            chosen = list(cand[:k]) if s.selection != "none" else list(cand)
+        elif s.selection == "mrmr":
+            chosen = self._mrmr(x[:, cand], y, k)
+            chosen = [int(cand[i]) for i in chosen]
+        else:
+            chosen = [int(cand[i]) for i in self._l1(x[:, cand], y, k)]
+        return [names[i] for i in chosen]
+
+    @staticmethod
+    def _mrmr(x: np.ndarray, y: np.ndarray, k: int) -> list[int]:
+        """Greedy mRMR (F-test relevance divided by mean |r| to the chosen: FCQ)."""
+        rel = _f_statistic(x, y)
+        corr = _corr(x)
+        chosen = [int(np.argmax(rel))]
+        while len(chosen) < k:
+            red = corr[:, chosen].mean(axis=1)
+            score = rel / np.maximum(red, 1e-6)
+            score[chosen] = -np.inf
+            chosen.append(int(np.argmax(score)))
+        return chosen
+
+    def _l1(self, x: np.ndarray, y: np.ndarray, k: int) -> list[int]:
+        """L1-logistic on standardised features; smallest C with >= k non-zero weights."""
+        from sklearn.linear_model import LogisticRegression
+
+        z = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+        coef = np.zeros(x.shape[1])
+        for c in np.logspace(-3, 2, 26):
+            model = LogisticRegression(penalty="l1", C=c, solver="liblinear",
+                                       random_state=self.settings.seed, max_iter=1000)
+            coef = np.abs(model.fit(z, y).coef_[0])
+            if (coef > 0).sum() >= k:
+                break
+        return [int(i) for i in np.argsort(-coef, kind="stable")[:k]]
+
+    # -- API ---------------------------------------------------------------------------
+    def fit(self, train_df: pd.DataFrame) -> FoldPreprocessor:
+        """Learn every parameter from `train_df` (training rows of one fold) only."""
+        label = self.spec.get("label_column", "label")
+        if label not in train_df.columns:
+            raise TableError(f"training rows have no {label!r} column")
+        y = train_df[label].to_numpy(dtype=int)
+        if len(np.unique(y)) < 2:
+            raise TableError("training rows hold a single class; cannot select features",
+                             fix="use stratified folds (mmfusion cohort folds)")
+        self.columns_: dict[str, list[str]] = {}
+        self.levels_: dict[str, dict[str, list[str]]] = {}
+        self.fill_: dict[str, np.ndarray] = {}
+        self.centre_: dict[str, np.ndarray] = {}
+        self.scale_: dict[str, np.ndarray] = {}
+        for group in GROUPS:
+            if group in RADIOMICS:
+                names = self._numeric(group)
+                x = train_df[names].to_numpy(dtype=float) if names else np.zeros((len(y), 0))
+                fill, _, _ = self._fit_scaler(x)
+                xf = np.where(np.isnan(x), fill, x)
+                k = self.settings.n_tumour if group == "radiomics_tumour" else self.settings.n_node
+                cols = self._select(xf, y, names, k) if names else []
+            else:
+                cols = self._numeric(group)
+            x = train_df[cols].to_numpy(dtype=float) if cols else np.zeros((len(y), 0))
+            self.columns_[group] = cols
+            self.fill_[group], self.centre_[group], self.scale_[group] = self._fit_scaler(x)
+            self.levels_[group] = self._categorical(group)
+        self.feature_names_out_ = {
+            g: [*self.columns_[g],
+                *(f"{c}={lv}" for c, lvs in self.levels_[g].items() for lv in lvs),
+                *self._flags(g)]
+            for g in GROUPS
+        }
+        self.n_features_out_ = {g: len(v) for g, v in self.feature_names_out_.items()}
+        return self
+
+    def transform(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Arrays (n_rows, n_features_out_[group]) float32, keyed by group."""
+        if not hasattr(self, "columns_"):
+            raise RuntimeError("FoldPreprocessor.transform called before fit")
+        out: dict[str, np.ndarray] = {}
+        for group in GROUPS:
+            cols = self.columns_[group]
+            x = df[cols].to_numpy(dtype=float) if cols else np.zeros((len(df), 0))
+            x = np.where(np.isnan(x), self.fill_[group], x)
+            parts = [(x - self.centre_[group]) / self.scale_[group]]
+            for col, levels in self.levels_[group].items():
+                values = df[col].map(lambda v: None if pd.isna(v) else _norm(v))
+                parts.append(np.stack([(values == _norm(lv)).to_numpy(dtype=float)
+                                       for lv in levels], axis=1))
+            flags = self._flags(group)
+            if flags:
+                parts.append(df[flags].to_numpy(dtype=float))
+            out[group] = np.concatenate(parts, axis=1).astype(np.float32)
+        return out
+
+    def fit_transform(self, train_df: pd.DataFrame) -> dict[str, np.ndarray]:
+        return self.fit(train_df).transform(train_df)
+
+
+def fold_frames(table: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+    """The rows of `table` in each split (train/val/test) of `fold`, in folds.tsv order."""
+    part = folds[folds["fold"] == fold]
+    if part.empty:
+        raise TableError(f"fold {fold} not in folds table")
+    indexed = table.set_index("patient_id", drop=False)
+    return {split: indexed.loc[part.loc[part["split"] == split, "patient_id"]]
+            .reset_index(drop=True) for split in ("train", "val", "test")}

@@ -1,0 +1,209 @@
+"""Reading and validating the clinical and hematology tables.
+
+Config declares the ID column, the label column with its positive (and negative) values,
+and which columns are numeric or categorical (with their levels). Undeclared columns are
+ignored; declared ones are checked: numbers parse, categories are known levels, IDs are
+unique and non-empty, labels are one of the declared values. Missing cells (empty, NA,
+NaN, ?) stay missing and are imputed later, inside each fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmfusion.errors import ConfigError, TableError
+
+log = logging.getLogger(__name__)
+
+MISSING_TOKENS = ("", "na", "n/a", "nan", "none", "null", "?", "missing", ".")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Declared feature columns of one table."""
+
+    numeric: tuple[str, ...] = ()
+    categorical: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None, where: str) -> ColumnSpec:
+        section = dict(section or {})
+        unknown = sorted(set(section) - {"numeric", "categorical"})
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in {where}",
+                              fix="use `numeric: [...]` and `categorical: {column: [levels]}`")
+        cat = {str(k): tuple(str(v) for v in levels)
+               for k, levels in (section.get("categorical") or {}).items()}
+        for name, levels in cat.items():
+            if len(levels) < 2 or len(set(levels)) != len(levels):
+                raise ConfigError(f"{where}.categorical.{name} needs two or more distinct levels")
+        numeric = tuple(str(c) for c in section.get("numeric") or ())
+        both = set(numeric) & set(cat)
+        if both:
+            raise ConfigError(f"{where}: columns declared numeric and categorical: {sorted(both)}")
+        return cls(numeric=numeric, categorical=cat)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """How the cohort tables are keyed and typed (config `cohort` keys + `tables`)."""
+
+    id_column: str = "patient_id"
+    label_column: str = "lnm"
+    positive_value: tuple[str, ...] = ("1",)
+    negative_value: tuple[str, ...] = ("0",)
+    clinical: ColumnSpec = field(default_factory=ColumnSpec)
+    hematology: ColumnSpec = field(default_factory=ColumnSpec)
+
+    @classmethod
+    def from_config(cls, cohort: Mapping[str, Any], tables: Mapping[str, Any]) -> TableSettings:
+        """Build from the `cohort` section (id/label keys) and the `tables` section."""
+        tables = dict(tables or {})
+        unknown = sorted(set(tables) - {"clinical", "hematology", "negative_value"})
+        if unknown:
+            raise ConfigError(f"unknown tables setting(s): {unknown}")
+
+        def values(v: Any) -> tuple[str, ...]:
+            return tuple(_norm(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+
+        pos = values(cohort.get("positive_value", 1))
+        neg = values(tables.get("negative_value", 0))
+        if set(pos) & set(neg):
+            raise ConfigError("cohort.positive_value and tables.negative_value overlap")
+        clinical = ColumnSpec.from_config(tables.get("clinical"), "tables.clinical")
+        hema = ColumnSpec.from_config(tables.get("hematology"), "tables.hematology")
+        label = str(cohort.get("label_column", "lnm"))
+        ident = str(cohort.get("id_column", "patient_id"))
+        clash = set(clinical.columns) & set(hema.columns)
+        if clash:
+            raise ConfigError(f"columns declared in both tables: {sorted(clash)}",
+                              fix="declare each feature column in one table only")
+        if label in hema.columns or label in clinical.columns or ident in clinical.columns:
+            raise ConfigError("the id/label columns must not be declared as features")
+        return cls(id_column=ident, label_column=label, positive_value=pos, negative_value=neg,
+                   clinical=clinical, hematology=hema)
+
+
+def _norm(value: Any) -> str:
+    """Canonical text of a cell for comparisons: '1', '1.0' and 1 are the same number."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return repr(int(number)) if number.is_integer() else repr(number)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or TSV as text cells (separator from the extension, else sniffed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TableError("table not found", path=str(p), fix="check cohort.clinical / hematology")
+    suffix = p.suffix.lower()
+    if suffix in (".tsv", ".tab", ".txt"):
+        sep = "\t"
+    elif suffix == ".csv":
+        sep = ","
+    else:
+        try:
+            sep = csv.Sniffer().sniff(p.read_text(errors="replace")[:4096], ",\t;").delimiter
+        except csv.Error as err:
+            raise TableError("cannot tell the column separator", path=str(p),
+                             fix="save the table as .csv or .tsv") from err
+    try:
+        return pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise TableError(f"cannot parse table: {err}", path=str(p)) from err
+
+
+def validate_table(
+    raw: pd.DataFrame, spec: ColumnSpec, settings: TableSettings, *, path: str,
+    with_label: bool,
+) -> pd.DataFrame:
+    """Typed table indexed by the raw patient ID: declared columns (+ `label` 0/1/NaN).
+
+    Raises:
+        TableError: missing columns, empty or duplicate IDs, unparsable numbers, unknown
+            categories, label values that are neither positive nor negative.
+    """
+    need = [settings.id_column, *([settings.label_column] if with_label else []), *spec.columns]
+    missing = [c for c in need if c not in raw.columns]
+    if missing:
+        raise TableError(f"column(s) {missing} not in table (has: {list(raw.columns)})",
+                         path=path, fix="fix the table or the column declarations in config")
+    ids = raw[settings.id_column].astype(str).str.strip()
+    if (ids == "").any():
+        rows = [int(i) + 2 for i in np.flatnonzero(ids == "")]
+        raise TableError(f"empty patient ID on line(s) {rows}", path=path)
+    dup = sorted(set(ids[ids.duplicated()]))
+    if dup:
+        raise TableError(f"duplicate patient ID(s): {dup}", patient=dup[0], path=path,
+                         fix="keep one row per patient")
+    out = pd.DataFrame(index=pd.Index(ids, name="patient_id"))
+
+    def cells(col: str) -> pd.Series:
+        s = raw[col].astype(str).str.strip()
+        s.index = out.index
+        return s.mask(s.str.lower().isin(MISSING_TOKENS))
+
+    if with_label:
+        lab = cells(settings.label_column)
+        norm = lab.map(lambda v: v if pd.isna(v) else _norm(v))
+        bad = norm.notna() & ~norm.isin(settings.positive_value + settings.negative_value)
+        if bad.any():
+            pid = norm.index[bad][0]
+            raise TableError(
+                f"label {settings.label_column}={lab[pid]!r} is neither positive "
+                f"{list(settings.positive_value)} nor negative {list(settings.negative_value)}",
+                patient=pid, path=path,
+                fix="set cohort.positive_value / tables.negative_value to the table's codes")
+        out["label"] = np.where(norm.isna(), np.nan,
+                                norm.isin(settings.positive_value).astype(float))
+    for col in spec.numeric:
+        s = cells(col)
+        num = pd.to_numeric(s, errors="coerce")
+        bad = s.notna() & num.isna()
+        if bad.any():
+            pid = s.index[bad][0]
+            raise TableError(f"column {col}: {s[pid]!r} is not a number", patient=pid, path=path,
+                             fix=f"correct the value or declare {col} as categorical")
+        out[col] = num.astype(float)
+    for col, levels in spec.categorical.items():
+        s = cells(col)
+        known = {_norm(v): v for v in levels}
+        mapped = s.map(lambda v, k=known: v if pd.isna(v) else k.get(_norm(v), "\0"))
+        bad = mapped == "\0"
+        if bad.any():
+            pid = s.index[bad][0]
+            raise TableError(f"column {col}: unknown category {s[pid]!r} (levels {list(levels)})",
+                             patient=pid, path=path,
+                             fix=f"add it to tables.*.categorical.{col} or correct the table")
+        out[col] = mapped
+    ignored = [c for c in raw.columns if c not in need]
+    if ignored:
+        log.info("%s: ignoring undeclared column(s) %s", path, ignored)
+    return out
+
+
+def read_tables(
+    clinical: str | Path, hematology: str | Path, settings: TableSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validated clinical (with `label`) and hematology tables, indexed by raw patient ID."""
+    clin = validate_table(read_table(clinical), settings.clinical, settings,
+                          path=str(clinical), with_label=True)
+    hema = validate_table(read_table(hematology), settings.hematology, settings,
+                          path=str(hematology), with_label=False)
+    return clin, hema
+
