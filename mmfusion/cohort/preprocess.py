@@ -189,7 +189,7 @@ class FoldPreprocessor:
         z = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
         coef = np.zeros(x.shape[1])
         for c in np.logspace(-3, 2, 26):
-            model = LogisticRegression(penalty="l1", C=c, solver="liblinear",
+            model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear",
                                        random_state=self.settings.seed, max_iter=1000)
             coef = np.abs(model.fit(z, y).coef_[0])
             if (coef > 0).sum() >= k:
