@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The venv's bin goes first on PATH so the rules' `python` is the venv's.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile config.yaml
 	@echo
 	@echo "Demo finished. Results are in $$(pwd)/results/ (cohort in results/demo_cohort/)."
 

@@ -1,12 +1,21 @@
 # Config validation, wildcard constraints and input functions shared by all rule files.
 # No rules here.
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Rules run the package of this checkout as `python -m mmfusion ...`, in the pip venv and
+# in the rules' conda envs alike (those carry only the dependencies).
+_PACKAGE_ROOT = shlex.quote(str(Path(workflow.basedir).resolve()))
+# (the prefix is formatted again like a shell command, hence the quadrupled braces)
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={_PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 RESULTS = config["results"]
 SYNTHETIC = config["cohort"]["synthetic"]

@@ -10,8 +10,8 @@ if SYNTHETIC:
             hematology=f"{DEMO_COHORT}/hematology.csv",
             truth=f"{DEMO_COHORT}/truth.csv",
         params:
-            out=DEMO_COHORT,
             synth=config["synth"],
+        threads: 8
         log:
             f"{RESULTS}/logs/synth_cohort.log",
         benchmark:
@@ -19,7 +19,7 @@ if SYNTHETIC:
         conda:
             "../../envs/preprocess.yaml"
         shell:
-            "mmfusion synth --out {params.out:q}"
+            "python -m mmfusion synth --out \"$(dirname {output.manifest:q})\""
             " --n-patients {params.synth[n_patients]}"
             " --seed {params.synth[seed]}"
             " --prevalence {params.synth[prevalence]}"
@@ -27,6 +27,7 @@ if SYNTHETIC:
             " --n-slices {params.synth[n_slices]}"
             " --pixel-spacing {params.synth[pixel_spacing]}"
             " --slice-thickness {params.synth[slice_thickness]}"
+            " --jobs {threads} --no-progress"
             " > {log:q} 2>&1"
 
     FINAL_TARGETS.append(rules.synth_cohort.output.manifest)
