@@ -1,0 +1,207 @@
+"""Conditional Feature-guided Diffusion, CFD (paper §2.3, eqs. 2–4 and 6), after CARD [7].
+
+Classification diffusion over the one-hot label y0 (here 2 classes). The prior mean at
+timestep T is the guide's class-probability prediction ŷ = f_phi(x) (CARD's y_0_hat; the
+paper's notation uses f_phi(x) both for it and for the HGA features), and the noise network
+eps_theta is conditioned on the HGA features and on ŷ. Timesteps are indexed 0..T-1 in
+code (t = 1..T in the paper).
+
+Forward (eq. 2):  y_t = sqrt(ᾱ_t) y0 + (1 - sqrt(ᾱ_t)) ŷ + sqrt(1 - ᾱ_t) ε.
+Training (eq. 6): || ε - eps_theta(y_t, features, ŷ, t) ||², t drawn antithetically (CARD).
+Reverse (eqs. 3–4): y0 reparameterised from eps_theta (eq. 4), then CARD's exact posterior
+q(y_{t-1} | y_t, y0, ŷ) (mean γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step returns
+the y0 reparameterisation. Each sample y0 becomes class probabilities softmax(-(y0 - 1)²)
+as CARD does; probability = mean over samples, uncertainty = their standard deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ConditionalLinear(nn.Module):
+    """CARD's linear layer scaled by a learned per-timestep embedding.
+
+    Forward: `(N, num_in)`, timesteps `(N,)` long -> `(N, num_out)`.
+    """
+
+    def __init__(self, num_in: int, num_out: int, n_steps: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(num_in, num_out)
+        self.embed = nn.Embedding(n_steps, num_out)
+        nn.init.uniform_(self.embed.weight)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.embed(t) * self.lin(x)
+
+
+class NoiseNetwork(nn.Module):
+    """eps_theta(y_t, x, ŷ, t): CARD's ConditionalModel with guidance, on feature vectors.
+
+    Args:
+        feature_dim: width of the conditioning features (HGA output).
+        y_dim: number of classes.
+        hidden: hidden width.
+        n_steps: number of timestep embeddings (T + 1, as CARD).
+
+    Forward: y_t `(N, y_dim)`, features `(N, feature_dim)`, ŷ `(N, y_dim)`, t `(N,)`
+    -> predicted noise `(N, y_dim)`.
+    """
+
+    def __init__(self, feature_dim: int, y_dim: int = 2, hidden: int = 128,
+                 n_steps: int = 11) -> None:
+        super().__init__()
+        self.encoder_x = nn.Linear(feature_dim, hidden)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.lin1 = ConditionalLinear(2 * y_dim, hidden, n_steps)
+        self.unetnorm1 = nn.BatchNorm1d(hidden)
+        self.lin2 = ConditionalLinear(hidden, hidden, n_steps)
+        self.unetnorm2 = nn.BatchNorm1d(hidden)
+        self.lin3 = ConditionalLinear(hidden, hidden, n_steps)
+        self.unetnorm3 = nn.BatchNorm1d(hidden)
+        self.lin4 = nn.Linear(hidden, y_dim)
+
+    def forward(self, y_t: torch.Tensor, features: torch.Tensor, y_hat: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.encoder_x(features))
+        y = F.softplus(self.unetnorm1(self.lin1(torch.cat([y_t, y_hat], dim=-1), t)))
+        y = x * y
+        y = F.softplus(self.unetnorm2(self.lin2(y, t)))
+        y = F.softplus(self.unetnorm3(self.lin3(y, t)))
+        return self.lin4(y)
+
+
+@dataclass
+class DiffusionPrediction:
+    """probability `(B,)` of class 1, uncertainty `(B,)`, samples y0 `(B, S, y_dim)`."""
+
+    probability: torch.Tensor
+    uncertainty: torch.Tensor
+    samples: torch.Tensor
+
+
+def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Schedule values at timesteps `t` `(N,)`, shaped `(N, 1)` to broadcast over classes."""
+    return values.gather(0, t).unsqueeze(-1)
+
+
+class CFD(nn.Module):
+    """CARD diffusion head: schedule buffers + noise network.
+
+    Args:
+        feature_dim: HGA feature width.
+        timesteps: T (paper 10).
+        beta_start, beta_end: linear β schedule ends (paper 0.01 → 0.95).
+        hidden: noise network width.
+        y_dim: number of classes (2).
+    """
+
+    def __init__(self, feature_dim: int, timesteps: int = 10, beta_start: float = 0.01,
+                 beta_end: float = 0.95, hidden: int = 128, y_dim: int = 2) -> None:
+        super().__init__()
+        if not 0.0 < beta_start <= beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        self.timesteps = timesteps
+        self.y_dim = y_dim
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        alphas = 1.0 - betas
+        alphas_bar = alphas.cumprod(0)
+        alphas_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_bar[:-1]])
+        for name, value in {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_bar": alphas_bar,
+            "sqrt_alphas_bar": alphas_bar.sqrt(),
+            "sqrt_one_minus_alphas_bar": (1.0 - alphas_bar).sqrt(),
+            # posterior q(y_{t-1} | y_t, y0, ŷ): CARD eq. (coefficients γ0, γ1, γ2, β̃_t)
+            "gamma0": betas * alphas_bar_prev.sqrt() / (1.0 - alphas_bar),
+            "gamma1": (1.0 - alphas_bar_prev) * alphas.sqrt() / (1.0 - alphas_bar),
+            "gamma2": 1.0 + (alphas_bar.sqrt() - 1.0) * (alphas.sqrt() + alphas_bar_prev.sqrt())
+            / (1.0 - alphas_bar),
+            "posterior_variance": betas * (1.0 - alphas_bar_prev) / (1.0 - alphas_bar),
+        }.items():
+            self.register_buffer(name, value.float(), persistent=False)
+        self.noise_net = NoiseNetwork(feature_dim, y_dim, hidden, timesteps + 1)
+
+    def q_sample(self, y0: torch.Tensor, y_hat: torch.Tensor, t: torch.Tensor,
+                 noise: torch.Tensor) -> torch.Tensor:
+        """Eq. 2: sample y_t `(N, y_dim)` from q(y_t | y0, ŷ) at timesteps `t` `(N,)`."""
+        s = _at(self.sqrt_alphas_bar, t)
+        return s * y0 + (1.0 - s) * y_hat + _at(self.sqrt_one_minus_alphas_bar, t) * noise
+
+    def sample_timesteps(self, n: int, device: torch.device,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """Antithetic timesteps `(n,)` in 0..T-1, as CARD draws them."""
+        t = torch.randint(0, self.timesteps, (n // 2 + 1,), device=device, generator=generator)
+        return torch.cat([t, self.timesteps - 1 - t])[:n]
+
+    def loss(self, y0: torch.Tensor, features: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: noise-prediction MSE.
+
+        y0 one-hot `(B, y_dim)`, features `(B, F)`, ŷ `(B, y_dim)` -> scalar.
+        """
+        t = self.sample_timesteps(y0.shape[0], y0.device)
+        noise = torch.randn_like(y0)
+        y_t = self.q_sample(y0, y_hat, t, noise)
+        return F.mse_loss(self.noise_net(y_t, features, y_hat, t), noise)
+
+    def y0_reparam(self, y_t: torch.Tensor, y_hat: torch.Tensor, eps: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: y0 = (y_t - (1 - sqrt ᾱ_t) ŷ - sqrt(1 - ᾱ_t) eps) / sqrt ᾱ_t."""
+        s = _at(self.sqrt_alphas_bar, t)
+        return (y_t - (1.0 - s) * y_hat - _at(self.sqrt_one_minus_alphas_bar, t) * eps) / s
+
+    @torch.no_grad()
+    def sample(self, features: torch.Tensor, y_hat: torch.Tensor, n_samples: int = 10,
+               generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
+               return_trajectory: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Reverse process (eq. 3), all patients and samples at once.
+
+        Args:
+            features: `(B, F)` HGA features; ŷ: `(B, y_dim)` guide probabilities.
+            n_samples: samples S per patient.
+            generator: random generator for reproducible sampling.
+            noise_fn: replaces eps_theta (tests use an oracle); signature as NoiseNetwork.
+            return_trajectory: also return y_T … y_0.
+
+        Returns:
+            y0 samples `(B, S, y_dim)`, or the list [y_T, …, y_0] of such tensors.
+        """
+        b = features.shape[0]
+        eps_fn = noise_fn or self.noise_net
+        feats = features.repeat_interleave(n_samples, dim=0)  # (B*S, F)
+        prior = y_hat.repeat_interleave(n_samples, dim=0)  # (B*S, y_dim)
+        z = torch.randn(prior.shape, device=prior.device, generator=generator)
+        y = prior + z  # y_T ~ N(ŷ, I)
+        trajectory = [y]
+        for step in reversed(range(self.timesteps)):
+            t = torch.full((b * n_samples,), step, dtype=torch.long, device=prior.device)
+            y0 = self.y0_reparam(y, prior, eps_fn(y, feats, prior, t), t)  # eq. 4
+            if step == 0:
+                y = y0
+            else:
+                mean = (_at(self.gamma0, t) * y0 + _at(self.gamma1, t) * y
+                        + _at(self.gamma2, t) * prior)
+                z = torch.randn(prior.shape, device=prior.device, generator=generator)
+                y = mean + _at(self.posterior_variance, t).sqrt() * z
+            trajectory.append(y)
+        shaped = [s.reshape(b, n_samples, -1) for s in trajectory]
+        return shaped if return_trajectory else shaped[-1]
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, y_hat: torch.Tensor, n_samples: int = 10,
+                generator: torch.Generator | None = None) -> DiffusionPrediction:
+        """Class-1 probability (mean over samples) and uncertainty (sd over samples)."""
+        samples = self.sample(features, y_hat, n_samples, generator)
+        assert isinstance(samples, torch.Tensor)
+        probs = torch.softmax(-(samples - 1.0).square(), dim=-1)[..., 1]  # (B, S), CARD
+        spread = probs.std(dim=1, unbiased=False) if n_samples > 1 else torch.zeros_like(
+            probs[:, 0])
+        return DiffusionPrediction(probs.mean(dim=1), spread, samples)

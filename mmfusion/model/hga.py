@@ -1,0 +1,85 @@
+"""Heterogeneous Graph Aggregation, HGA (paper §2.3, eq. 1).
+
+One vertex per modality (|V_a| = 1 for every vertex type a), each with its own encoder to a
+common width, on a complete graph with self-loops so that every modality attends to every
+other and to itself. One GAT layer (`dgl.nn.GATConv`, supplement: GAT layers 1) updates
+each vertex as
+
+    F'_{a_i} = σ( Σ_{j ∈ {i} ∪ N_i} α_ij W F_j )                               (eq. 1)
+
+The graph of one patient is built once; a batch is `dgl.batch` of B copies, cached per
+(batch size, device), so a forward pass has no Python loop over patients. The output
+f_phi(x) is the concatenation of the updated vertex features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import dgl
+import torch
+from dgl.nn import GATConv
+from torch import nn
+
+
+def complete_graph(n_vertices: int) -> dgl.DGLGraph:
+    """Directed complete graph on `n_vertices` with a self-loop on each vertex."""
+    src = torch.arange(n_vertices).repeat_interleave(n_vertices)
+    dst = torch.arange(n_vertices).repeat(n_vertices)
+    return dgl.graph((src, dst), num_nodes=n_vertices)
+
+
+class HGA(nn.Module):
+    """Modality graph + one GAT layer.
+
+    Args:
+        in_widths: vertex type -> input width, in vertex order (e.g. `tumour_image`,
+            `node_image`, `clinical`, `hematology`, `radiomics_tumour`, `radiomics_node`).
+        dim: common vertex width after the type-specific encoders.
+        out_dim: GAT output width per vertex (all heads together).
+        heads: GAT attention heads (`out_dim` must be divisible by it).
+        dropout: dropout on the encoded vertex features.
+
+    Forward: mapping vertex type -> `(B, in_width)` -> f_phi(x) `(B, n_vertices * out_dim)`.
+    """
+
+    def __init__(self, in_widths: Mapping[str, int], dim: int = 64, out_dim: int = 64,
+                 heads: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        if out_dim % heads:
+            raise ValueError(f"HGA out_dim {out_dim} is not divisible by {heads} heads")
+        self.vertex_types: Sequence[str] = tuple(in_widths)
+        self.encoders = nn.ModuleDict({
+            name: nn.Sequential(nn.Linear(width, dim), nn.LayerNorm(dim), nn.GELU(),
+                                nn.Dropout(dropout))
+            for name, width in in_widths.items()
+        })
+        self.gat = GATConv(dim, out_dim // heads, num_heads=heads, activation=nn.functional.elu)
+        self.out_dim = len(self.vertex_types) * out_dim
+        self._graph = complete_graph(len(self.vertex_types))
+        self._batched: dict[tuple[int, str], dgl.DGLGraph] = {}
+
+    def batched_graph(self, batch_size: int, device: torch.device) -> dgl.DGLGraph:
+        """`dgl.batch` of `batch_size` patient graphs, built once per (size, device)."""
+        key = (batch_size, str(device))
+        if key not in self._batched:
+            self._batched[key] = dgl.batch([self._graph] * batch_size).to(device)
+        return self._batched[key]
+
+    def encode(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Type-specific encoders -> vertex features `(B, V, dim)`."""
+        missing = [name for name in self.vertex_types if name not in inputs]
+        if missing:
+            raise KeyError(f"HGA inputs lack vertex types {missing}")
+        return torch.stack([self.encoders[name](inputs[name]) for name in self.vertex_types],
+                           dim=1)
+
+    def aggregate(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 on `(B, V, dim)` vertex features -> `(B, V * out_dim)`."""
+        b, v, d = vertices.shape
+        graph = self.batched_graph(b, vertices.device)
+        out = self.gat(graph, vertices.reshape(b * v, d))  # (B*V, heads, out/heads)
+        return out.reshape(b, -1)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.aggregate(self.encode(inputs))

@@ -1,0 +1,234 @@
+"""The MMFusion model and its ablations (paper Fig. 1, Table 2), switched by config.
+
+| variant  | MMRL | HGA | CFD | fusion / prediction                                    |
+|----------|------|-----|-----|--------------------------------------------------------|
+| base1    |  -   |  -  |  -  | pooled ResNet embeddings + tables, concatenated -> MLP |
+| base2    |  ✓   |  -  |  -  | MMRL tissue embeddings + tables -> MLP                 |
+| base3    |  ✓   |  ✓  |  -  | HGA modality graph -> MLP guide head                   |
+| mmfusion |  ✓   |  ✓  |  ✓  | HGA -> guide head ŷ + CARD diffusion over the label    |
+
+A batch is a dict of tensors: `tumour` `(B, 1, D, H, W)`, `node1..node3` `(B, 1, d_k, h_k, w_k)`,
+`node_present` `(B, 3)`, one `(B, width)` float array per tabular group, `label` `(B,)`.
+In frozen-backbone mode the images may be replaced by cached feature maps
+`tumour_fmap`, `node1_fmap`, ... (`(B, C, d, h, w)`). Widths come from `tabular_widths`
+(the in-fold preprocessed arrays), never from hard-coded column counts.
+
+Loss (eq. 7) = BCE(guide) + MSE_align(T) + MSE_align(N) (eq. 5) + diffusion noise MSE (eq. 6);
+the diffusion term is added only in the `joint` phase (after the guide warm-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfusion.errors import ConfigError
+from mmfusion.model.backbone import ResNet3D, load_medicalnet
+from mmfusion.model.cfd import CFD
+from mmfusion.model.hga import HGA
+from mmfusion.model.mmrl import MMRL, masked_mean
+
+VARIANTS: dict[str, tuple[bool, bool, bool]] = {  # name -> (MMRL, HGA, CFD)
+    "base1": (False, False, False),
+    "base2": (True, False, False),
+    "base3": (True, True, False),
+    "mmfusion": (True, True, True),
+}
+NODE_KEYS = ("node1", "node2", "node3")
+TABULAR_GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model hyper-parameters (config section `model`); defaults follow the paper."""
+
+    variant: str = "mmfusion"
+    depth: int = 50  # supplement Table 2: ResNet50
+    base_width: int = 64  # 64 = MedicalNet; smaller only for CPU demos
+    shared_backbone: bool = False  # False: one backbone per patch kind (reference)
+    pretrained: str = ""  # local MedicalNet resnet_{depth}_23dataset.pth, "" = random init
+    mmrl_dim: int = 64
+    mmrl_heads: int = 4
+    mask_ratio: float = 0.15  # supplement Table 2
+    hga_dim: int = 64
+    hga_out: int = 64
+    gat_heads: int = 1
+    head_hidden: int = 256
+    dropout: float = 0.2
+    timesteps: int = 10  # supplement Table 2
+    beta_start: float = 0.01
+    beta_end: float = 0.95
+    diffusion_hidden: int = 128
+    n_samples: int = 10  # reverse-process samples per patient at inference
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown model variant {self.variant!r}",
+                              fix=f"use one of {sorted(VARIANTS)}")
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, object]) -> ModelConfig:
+        """Build from a config section, failing on unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}",
+                              fix=f"use only {sorted(known)}")
+        return cls(**section)  # type: ignore[arg-type]
+
+    @property
+    def switches(self) -> tuple[bool, bool, bool]:
+        return VARIANTS[self.variant]
+
+
+@dataclass
+class ModelOutput:
+    """logit `(B,)` of the guide/MLP head, fused features `(B, F)`, loss terms (scalars)."""
+
+    logit: torch.Tensor
+    features: torch.Tensor
+    align_tumour: torch.Tensor
+    align_node: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MMFusionModel(nn.Module):
+    """All four variants of the paper's Table 2.
+
+    Args:
+        cfg: model hyper-parameters, `cfg.variant` picks the components.
+        tabular_widths: group -> width of the preprocessed tabular arrays (groups of
+            width 0 are left out).
+    """
+
+    def __init__(self, cfg: ModelConfig, tabular_widths: Mapping[str, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.use_mmrl, self.use_hga, self.use_cfd = cfg.switches
+        self.tabular_widths = {k: int(v) for k, v in tabular_widths.items() if int(v) > 0}
+        kinds = ("shared",) if cfg.shared_backbone else ("tumour", *NODE_KEYS)
+        self.backbones = nn.ModuleDict({
+            kind: ResNet3D(cfg.depth, cfg.base_width) for kind in kinds
+        })
+        if cfg.pretrained:
+            for backbone in self.backbones.values():
+                load_medicalnet(backbone, cfg.pretrained)
+        channels = next(iter(self.backbones.values())).out_channels
+        self.image_dim = channels
+        if self.use_mmrl:
+            self.mmrl = MMRL(channels, channels, cfg.mmrl_dim, cfg.mmrl_heads, cfg.mask_ratio,
+                             max_nodes=len(NODE_KEYS))
+            self.image_dim = self.mmrl.out_dim
+        if self.use_hga:
+            widths = {"tumour_image": self.image_dim, "node_image": self.image_dim,
+                      **self.tabular_widths}
+            self.hga = HGA(widths, cfg.hga_dim, cfg.hga_out, cfg.gat_heads, cfg.dropout)
+            self.feature_dim = self.hga.out_dim
+        else:
+            self.feature_dim = 2 * self.image_dim + sum(self.tabular_widths.values())
+        self.head = nn.Sequential(
+            nn.Linear(self.feature_dim, cfg.head_hidden), nn.SELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden // 4), nn.SELU(),
+            nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden // 4, 1),
+        )
+        if self.use_cfd:
+            self.cfd = CFD(self.feature_dim, cfg.timesteps, cfg.beta_start, cfg.beta_end,
+                           cfg.diffusion_hidden)
+
+    # ---- images -------------------------------------------------------------------------
+    def backbone_for(self, kind: str) -> ResNet3D:
+        return self.backbones["shared" if self.cfg.shared_backbone else kind]  # type: ignore
+
+    def encode_images(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Backbone feature maps: `{kind}_fmap` `(B, C, d, h, w)` for tumour and node1..3.
+
+        Absent nodes are not run through the backbone (their maps are zeros), so their
+        content and count never change another patient's result or the BN statistics.
+        """
+        out = {"tumour_fmap": self.backbone_for("tumour")(batch["tumour"])[0]}
+        present = batch["node_present"].bool()
+        for k, key in enumerate(NODE_KEYS):
+            patches = batch[key]
+            backbone = self.backbone_for(key)
+            size = ResNet3D.feature_size(tuple(patches.shape[2:]))
+            fmap = patches.new_zeros((patches.shape[0], backbone.out_channels, *size))
+            rows = present[:, k].nonzero(as_tuple=True)[0]
+            if rows.numel():
+                fmap = fmap.index_copy(0, rows, backbone(patches[rows])[0])
+            out[f"{key}_fmap"] = fmap
+        return out
+
+    def image_embeddings(self, fmaps: Mapping[str, torch.Tensor], present: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tumour and node embeddings `(B, image_dim)` and the MMRL alignment losses."""
+        tumour = fmaps["tumour_fmap"]
+        zero = tumour.new_zeros(())
+        if not self.use_mmrl:  # Base1: pooled embeddings, nodes averaged over present ones
+            node_pooled = torch.stack([fmaps[f"{k}_fmap"].mean(dim=(2, 3, 4))
+                                       for k in NODE_KEYS], dim=1)
+            return tumour.mean(dim=(2, 3, 4)), masked_mean(node_pooled, present), zero, zero
+        # tokens: feature-map positions (B, L, C); node tokens of all slots concatenated
+        t_tokens = tumour.flatten(2).transpose(1, 2)
+        n_tokens, n_valid, n_slot = [], [], []
+        for k, key in enumerate(NODE_KEYS):
+            tok = fmaps[f"{key}_fmap"].flatten(2).transpose(1, 2)
+            n_tokens.append(tok)
+            n_valid.append(present[:, k : k + 1].expand(-1, tok.shape[1]))
+            n_slot.append(torch.full((tok.shape[1],), k, dtype=torch.long, device=tok.device))
+        out = self.mmrl(t_tokens, torch.cat(n_tokens, 1), torch.cat(n_valid, 1),
+                        torch.cat(n_slot))
+        return out.tumour, out.node, out.align_tumour, out.align_node
+
+    # ---- fusion -------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
+        """Guide logit, fused features f_phi(x) and alignment terms for a batch."""
+        fmaps = batch if "tumour_fmap" in batch else self.encode_images(batch)
+        present = batch["node_present"].bool()
+        t_emb, n_emb, align_t, align_n = self.image_embeddings(fmaps, present)
+        tables = {g: batch[g] for g in self.tabular_widths}
+        if self.use_hga:
+            features = self.hga({"tumour_image": t_emb, "node_image": n_emb, **tables})
+        else:
+            features = torch.cat([t_emb, n_emb, *tables.values()], dim=-1)
+        logit = self.head(features).squeeze(-1)
+        return ModelOutput(logit, features, align_t, align_n)
+
+    @staticmethod
+    def guide_probabilities(logit: torch.Tensor) -> torch.Tensor:
+        """ŷ `(B, 2)`: the guide's class probabilities [1 - σ(z), σ(z)]."""
+        p = torch.sigmoid(logit)
+        return torch.stack([1.0 - p, p], dim=-1)
+
+    def loss(self, batch: Mapping[str, torch.Tensor], out: ModelOutput, phase: str = "joint"
+             ) -> dict[str, torch.Tensor]:
+        """Eq. 7 terms and their sum (`total`). `phase`: `warmup` (no diffusion) or `joint`."""
+        label = batch["label"].float()
+        terms = {
+            "bce": F.binary_cross_entropy_with_logits(out.logit, label),  # eq. 5
+            "align_tumour": out.align_tumour,  # eq. 5, L^T_MSE
+            "align_node": out.align_node,  # eq. 5, L^N_MSE
+        }
+        if self.use_cfd and phase == "joint":
+            y0 = F.one_hot(label.long(), 2).float()
+            y_hat = self.guide_probabilities(out.logit.detach())
+            terms["diffusion"] = self.cfd.loss(y0, out.features, y_hat)  # eq. 6
+        terms["total"] = sum(terms.values())  # eq. 7
+        return terms
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, torch.Tensor], n_samples: int | None = None,
+                generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability of metastasis `(B,)` and uncertainty `(B,)` (0 without diffusion)."""
+        out = self.forward(batch)
+        if not self.use_cfd:
+            p = torch.sigmoid(out.logit)
+            return p, torch.zeros_like(p)
+        pred = self.cfd.predict(out.features, self.guide_probabilities(out.logit),
+                                n_samples or self.cfg.n_samples, generator)
+        return pred.probability, pred.uncertainty

@@ -1,0 +1,36 @@
+"""Classical baselines: fit on train arrays only, probabilities for other splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmfusion.errors import ConfigError
+from mmfusion.model.baselines import BASELINES, fit_predict_baseline, stack_groups
+
+
+def arrays(n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    clinical = rng.normal(size=(n, 3)) + y[:, None]
+    return {"clinical": clinical.astype(np.float32),
+            "hematology": rng.normal(size=(n, 2)).astype(np.float32),
+            "radiomics_tumour": rng.normal(size=(n, 4)).astype(np.float32)}, y
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_learns_signal(name):
+    train, y = arrays(200, 0)
+    test, y_test = arrays(100, 1)
+    probs = fit_predict_baseline(name, train, y, {"test": test})["test"]
+    assert probs.shape == (100,) and ((probs >= 0) & (probs <= 1)).all()
+    assert ((probs > 0.5) == y_test).mean() > 0.75
+
+
+def test_stack_groups_order_and_errors():
+    a, _ = arrays(5, 0)
+    assert stack_groups(a).shape == (5, 9)
+    with pytest.raises(ValueError):
+        stack_groups({"other": np.zeros((5, 1))})
+    with pytest.raises(ConfigError):
+        fit_predict_baseline("svm", a, np.array([0, 1, 0, 1, 0]), {})

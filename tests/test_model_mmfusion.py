@@ -1,0 +1,96 @@
+"""Model variants: shapes, loss terms per variant, absent nodes, frozen-backbone maps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mmfusion.errors import ConfigError
+from mmfusion.model.mmfusion import VARIANTS, MMFusionModel, ModelConfig
+
+WIDTHS = {"clinical": 5, "hematology": 4, "radiomics_tumour": 6, "radiomics_node": 3}
+TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=8, hga_out=8,
+            head_hidden=16, diffusion_hidden=8, n_samples=4, timesteps=5)
+
+
+def make_batch(b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    batch = {
+        "tumour": torch.randn(b, 1, 8, 16, 16, generator=gen),
+        "node1": torch.randn(b, 1, 8, 12, 12, generator=gen),
+        "node2": torch.randn(b, 1, 6, 10, 10, generator=gen),
+        "node3": torch.randn(b, 1, 4, 8, 8, generator=gen),
+        "node_present": torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.uint8)[:b],
+        "label": torch.tensor([1.0, 0.0, 1.0])[:b],
+    }
+    for k, w in WIDTHS.items():
+        batch[k] = torch.randn(b, w, generator=gen)
+    return batch
+
+
+def make(variant: str, **kw) -> MMFusionModel:
+    torch.manual_seed(0)
+    return MMFusionModel(ModelConfig(variant=variant, **{**TINY, **kw}), WIDTHS)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_forward_loss_predict(variant):
+    model = make(variant).train()
+    batch = make_batch()
+    out = model(batch)
+    assert out.logit.shape == (3,) and out.features.shape == (3, model.feature_dim)
+    terms = model.loss(batch, out, phase="joint")
+    assert ("diffusion" in terms) == (variant == "mmfusion")
+    assert (terms["align_tumour"] > 0) == (variant != "base1")
+    terms["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert "diffusion" not in model.loss(batch, model(batch), phase="warmup")
+    model.eval()
+    p, u = model.predict(batch, generator=torch.Generator().manual_seed(0))
+    assert p.shape == u.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+    assert (u > 0).all() if variant == "mmfusion" else (u == 0).all()
+
+
+@pytest.mark.parametrize("variant", ["base1", "mmfusion"])
+def test_absent_node_patches_are_ignored(variant):
+    model = make(variant).train()
+    batch = make_batch()
+    noisy = dict(batch)
+    present = batch["node_present"].bool()
+    for k, key in enumerate(("node1", "node2", "node3")):
+        noisy[key] = batch[key].clone()
+        noisy[key][~present[:, k]] = 50.0
+    torch.manual_seed(1)
+    a = model(batch)
+    torch.manual_seed(1)
+    b = model(noisy)
+    assert torch.allclose(a.logit, b.logit, atol=1e-5)
+
+
+def test_frozen_backbone_feature_maps_give_same_output():
+    model = make("base3").eval()
+    batch = make_batch()
+    with torch.no_grad():
+        fmaps = model.encode_images(batch)
+        cached = {k: v for k, v in batch.items() if k not in ("tumour", "node1", "node2",
+                                                               "node3")}
+        assert torch.allclose(model(batch).logit, model({**cached, **fmaps}).logit)
+
+
+def test_shared_backbone_and_widths_from_spec():
+    model = make("base3", shared_backbone=True)
+    assert list(model.backbones) == ["shared"]
+    no_hema = MMFusionModel(ModelConfig(variant="base1", **TINY),
+                            {**WIDTHS, "hematology": 0})
+    assert no_hema.feature_dim == 2 * no_hema.image_dim + 5 + 6 + 3
+
+
+def test_config_rejects_unknown_keys_and_variants():
+    with pytest.raises(ConfigError):
+        ModelConfig.from_dict({"variant": "base1", "lr": 1})
+    with pytest.raises(ConfigError):
+        ModelConfig(variant="base4")
+    cfg = ModelConfig.from_dict({"variant": "base2", "depth": 18})
+    assert dataclasses.asdict(cfg)["depth"] == 18

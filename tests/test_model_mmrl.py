@@ -1,0 +1,88 @@
+"""MMRL: masking is real, inference is deterministic, absent nodes are padding."""
+
+from __future__ import annotations
+
+import torch
+
+from mmfusion.model.mmrl import MMRL, masked_softmax
+
+
+def inputs(b: int = 3, lt: int = 10, per_node: int = 4, c: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    tumour = torch.randn(b, lt, c, generator=gen)
+    node = torch.randn(b, 3 * per_node, c, generator=gen)
+    present = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)[:b]
+    valid = present.repeat_interleave(per_node, dim=1)
+    slot = torch.arange(3).repeat_interleave(per_node)
+    return tumour, node, valid, slot
+
+
+def make(mask_ratio: float = 0.15) -> MMRL:
+    torch.manual_seed(0)
+    return MMRL(8, 8, dim=16, heads=4, mask_ratio=mask_ratio)
+
+
+def test_masking_changes_training_output():
+    model = make(0.15).train()
+    args = inputs()
+    torch.manual_seed(1)
+    masked = model(*args)
+    unmasked = make(0.0).train()(*args)
+    assert not torch.allclose(masked.tumour, unmasked.tumour)
+    assert not torch.allclose(masked.node[:2], unmasked.node[:2])
+    assert masked.align_tumour > 0 and masked.align_node > 0
+    assert unmasked.align_tumour == 0 and unmasked.align_node == 0
+    torch.manual_seed(2)
+    assert not torch.allclose(model(*args).tumour, masked.tumour)  # a fresh random mask
+
+
+def test_eval_is_deterministic_and_unmasked():
+    model = make(0.15).eval()
+    args = inputs()
+    torch.manual_seed(1)
+    a = model(*args)
+    torch.manual_seed(2)
+    b = model(*args)
+    assert torch.equal(a.tumour, b.tumour) and torch.equal(a.node, b.node)
+    assert a.align_tumour == 0
+    ref = make(0.0).eval()(*args)  # inference uses x^cu: identical to a mask-free model
+    assert torch.allclose(a.tumour, ref.tumour)
+
+
+def test_absent_node_contents_do_not_change_output():
+    model = make(0.15)
+    tumour, node, valid, slot = inputs()
+    garbage = node.clone()
+    garbage[~valid] = torch.randn(int((~valid).sum()), node.shape[-1]) * 100
+    for mode in (True, False):
+        model.train(mode)
+        torch.manual_seed(3)
+        a = model(tumour, node, valid, slot)
+        torch.manual_seed(3)
+        b = model(tumour, garbage, valid, slot)
+        assert torch.allclose(a.tumour, b.tumour, atol=1e-6)
+        assert torch.allclose(a.node, b.node, atol=1e-6)
+        assert torch.allclose(a.align_node, b.align_node, atol=1e-6)
+
+
+def test_patient_without_nodes_is_finite_and_shapes():
+    out = make().train()(*inputs())
+    assert out.tumour.shape == (3, 32) and out.node.shape == (3, 32)
+    assert torch.isfinite(out.tumour).all() and torch.isfinite(out.node).all()
+    assert torch.equal(out.node[2], torch.zeros(32))  # no node: empty node embedding
+
+
+def test_gradients_flow_through_alignment():
+    model = make().train()
+    out = model(*inputs())
+    (out.align_tumour + out.align_node + out.tumour.sum()).backward()
+    assert model.cross_t.q.weight.grad is not None
+    assert torch.isfinite(model.cross_n.kv.weight.grad).all()
+
+
+def test_masked_softmax_rows():
+    scores = torch.randn(2, 4)
+    keep = torch.tensor([[True, False, True, True], [False] * 4])
+    p = masked_softmax(scores, keep)
+    assert torch.allclose(p[0].sum(), torch.tensor(1.0)) and p[0, 1] == 0
+    assert torch.equal(p[1], torch.zeros(4))
