@@ -40,7 +40,8 @@ def test_complete_graph_with_self_loops():
     g = complete_graph(4)
     assert g.num_edges() == 16
     src, dst = g.edges()
-    assert set(zip(src.tolist(), dst.tolist(), strict=True)) == {(i, j) for i in range(4) for j in range(4)}
+    pairs = set(zip(src.tolist(), dst.tolist(), strict=True))
+    assert pairs == {(i, j) for i in range(4) for j in range(4)}
 
 
 def test_gat_equals_dense_eq1():
