@@ -103,6 +103,12 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
     if len(choice) > 1:
         warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
                         f" ({_first_file(choice[0])})")
+    consistent = [r for r in choice
+                  if not any("Frame of Reference mismatch" in p for p in r["problems"])]
+    if consistent and len(consistent) < len(choice):
+        warnings.append(f"{len(choice) - len(consistent)} RTSTRUCT(s) with a Frame of"
+                        " Reference mismatch skipped")
+        choice = consistent
     struct = choice[0]
     for problem in struct["problems"]:
         if "Frame of Reference mismatch" in problem:
