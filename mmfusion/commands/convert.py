@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plane-tolerance", type=float,
                         help="max contour-to-slice distance as a fraction of the slice spacing"
                         " (default 0.25)")
+    parser.add_argument("--missing-gap-factor", type=float,
+                        help="a slice gap above this x the median spacing is a missing slice"
+                        " (default 1.5)")
+    parser.add_argument("--uneven-tolerance", type=float,
+                        help="largest relative deviation of slice gaps from the median before"
+                        " the series is refused (default 0.05)")
     parser.add_argument("--status-out", help="write a status JSON here; refusals exit 0")
     parser.set_defaults(func=run)
 
@@ -53,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if args.index and not args.patient:
         raise SystemExit("mmfusion convert: --index needs --patient")
     rois = {k: v for k, v in (("tumour", args.tumour_roi), ("node", args.node_roi)) if v}
-    convert = {"plane_tolerance": args.plane_tolerance} if args.plane_tolerance else {}
+    convert = {k: v for k, v in (("plane_tolerance", args.plane_tolerance),
+                                 ("missing_gap_factor", args.missing_gap_factor),
+                                 ("uneven_tolerance", args.uneven_tolerance)) if v is not None}
     patient = args.patient or args.patient_dir
     try:
         settings = ConvertSettings.from_config(rois, convert)

@@ -227,6 +227,10 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
             f" ({'; '.join(warnings[-3:]) or 'no closed contours'})", patient=pid,
             path=rs.path, fix="check that the RTSTRUCT belongs to this CT series")
     node_masks = [(name, rasterise(name)) for name in node_names]
+    for name, mask in node_masks:
+        if not mask.any():
+            warnings.append(f"node ROI {name!r} has no voxel on this CT grid (contours off the"
+                            " series, or smaller than a voxel); no label for it")
     node_masks = [(n, m) for n, m in node_masks if m.any()]
     labels, nodes, node_warnings = node_label_map(node_masks, voxel_volume)
     warnings.extend(node_warnings)
