@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 N_NODES = 3
 NORMALISATIONS = ("minmax", "zscore", "none")
 CENTRES = ("bbox", "mass")
-# warn when less of an ROI than this lies inside its patch (volume estimate after
-# nearest-neighbour resampling, so a few percent of noise)
-INSIDE_WARN = 0.9
+# warn when a smaller share of an ROI's voxels than this lies inside its patch
+INSIDE_WARN = 0.95
 
 
 @dataclass(frozen=True)
@@ -168,6 +167,20 @@ def patch_grid(
     return grid
 
 
+def fraction_inside(label_img: sitk.Image, label: int, grid: sitk.Image) -> tuple[float, int]:
+    """Share of the ROI's voxel centres that fall inside the patch grid, and their count."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(label_img) == label)[:, ::-1]  # (n, xyz)
+    if idx.size == 0:
+        return 0.0, 0
+    d_src = np.array(label_img.GetDirection()).reshape(3, 3)
+    d_dst = np.array(grid.GetDirection()).reshape(3, 3)
+    phys = np.array(label_img.GetOrigin()) + (idx * np.array(label_img.GetSpacing())) @ d_src.T
+    cont = ((phys - np.array(grid.GetOrigin())) @ d_dst) / np.array(grid.GetSpacing())
+    size = np.array(grid.GetSize())
+    ok = np.all((cont >= -0.5) & (cont <= size - 0.5), axis=1)
+    return float(ok.mean()), int(len(idx))
+
+
 def resample_to(
     image: sitk.Image, grid: sitk.Image, *, label: bool, default: float = 0.0
 ) -> np.ndarray:
@@ -232,11 +245,7 @@ def crop_patient(
         centre = roi_centre(label_img, label, settings.centre)
         grid = patch_grid(ct, centre, size, settings.spacing)
         hu = resample_to(ct_f, grid, label=False, default=low)
-        roi = resample_to(sitk.Cast(label_img == label, sitk.sitkUInt8), grid, label=True)
-        total = int((sitk.GetArrayViewFromImage(label_img) == label).sum())
-        # fraction of the ROI's physical volume that lies inside the patch
-        vox_ratio = float(np.prod(settings.spacing) / np.prod(ct.GetSpacing()))
-        inside = min(1.0, float(roi.sum()) * vox_ratio / total) if total else 0.0
+        inside, total = fraction_inside(label_img, label, grid)
         return normalise(hu, settings), centre, inside, total
 
     tumour, t_centre, t_inside, t_vox = cut(gtv_t, 1, settings.tumour_size)

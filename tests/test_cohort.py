@@ -197,6 +197,8 @@ def test_folds_disjoint_stratified_seeded(n_folds):
 def test_folds_too_small():
     with pytest.raises(TableError, match="too few"):
         make_folds(["a", "b", "c", "d", "e"], [0, 0, 0, 1, 1], FoldSettings())
+    folds = make_folds([f"p{i}" for i in range(12)], [1, 1, 1] + [0] * 9, FoldSettings())
+    assert len(folds) == 36
 
 
 def test_cli_build_and_folds(tmp_path):

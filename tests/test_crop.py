@@ -143,3 +143,12 @@ def test_cli(tmp_path):
     (d / "convert_status.json").write_text(json.dumps(
         {"patient_id": "P8", "status": "excluded", "reason": "no GTV", "warnings": []}))
     assert main(["crop", str(d)]) == 1
+
+
+def test_warns_when_roi_exceeds_patch():
+    ct, t, n, _ = make_volume()
+    p = crop_patient(ct, t, n, CropSettings.from_config({**SMALL, "tumour_size": [4, 6, 6]}))
+    assert p.meta["tumour"]["fraction_inside"] < 0.5
+    assert any("tumour extends beyond" in w for w in p.meta["warnings"])
+    ok = crop_patient(ct, t, n, CropSettings.from_config(SMALL))
+    assert ok.meta["tumour"]["fraction_inside"] == 1.0 and not ok.meta["warnings"]

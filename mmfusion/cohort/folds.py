@@ -66,7 +66,7 @@ def make_folds(
     if set(np.unique(y)) - {0, 1}:
         raise TableError("labels must be 0/1")
     # each class must reach every test fold and both train and val of every fold
-    need = settings.n_folds + 1
+    need = max(settings.n_folds, 3)
     if counts.min() < need:
         raise TableError(
             f"too few patients for {settings.n_folds} stratified folds with validation: "
@@ -76,8 +76,12 @@ def make_folds(
     rows = []
     order = np.arange(len(ids))
     for k, (train_idx, test_idx) in enumerate(outer.split(order, y)):
-        tr, va = train_test_split(train_idx, test_size=settings.val_fraction,
-                                  stratify=y[train_idx], random_state=settings.seed + k + 1)
+        try:
+            tr, va = train_test_split(train_idx, test_size=settings.val_fraction,
+                                      stratify=y[train_idx], random_state=settings.seed + k + 1)
+        except ValueError as err:
+            raise TableError(f"cannot split fold {k} into train/val: {err}",
+                             fix="raise folds.val_fraction or add patients") from err
         for split, idx in (("train", tr), ("val", va), ("test", test_idx)):
             rows.extend((ids[i], k, split) for i in idx)
     folds = pd.DataFrame(rows, columns=["patient_id", "fold", "split"])

@@ -39,3 +39,9 @@ def require_converted(patient_dir: str | Path) -> dict[str, Any]:
             fix="downstream rules request only patients with status ok",
         )
     return status
+
+
+def patient_folder(path: str | Path) -> Path:
+    """The patient folder given either the folder or its `convert_status.json`."""
+    p = Path(path)
+    return p.parent if p.name == "convert_status.json" else p

@@ -13,14 +13,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reads ct/gtv_t/gtv_n NIfTIs from PATIENT_DIR (the convert output) and "
         "writes PATIENT_DIR/patches.npz and PATIENT_DIR/qc.png.",
     )
-    p.add_argument("patient_dir", help="folder {results}/patients/{patient}")
+    p.add_argument("patient_dir",
+                   help="folder {results}/patients/{patient}, or its convert_status.json")
     p.add_argument("--settings", default="{}",
                    help="the `crop` config section as JSON (omitted keys: reference sizes)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmfusion.cohort.status import require_converted
+    from mmfusion.cohort.status import patient_folder, require_converted
     from mmfusion.crop import CropSettings, run_crop
     from mmfusion.errors import ConfigError
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as err:
         raise ConfigError(f"--settings is not JSON: {err}") from err
     settings = CropSettings.from_config(section)
+    args.patient_dir = patient_folder(args.patient_dir)
     require_converted(args.patient_dir)
     patches = run_crop(args.patient_dir, settings)
     print(f"{args.patient_dir}: tumour {patches.tumour.shape}, "

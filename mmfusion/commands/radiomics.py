@@ -13,14 +13,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reads ct/gtv_t/gtv_n NIfTIs from PATIENT_DIR and writes "
         "PATIENT_DIR/radiomics.tsv (one row) and PATIENT_DIR/radiomics_provenance.json.",
     )
-    p.add_argument("patient_dir", help="folder {results}/patients/{patient}")
+    p.add_argument("patient_dir",
+                   help="folder {results}/patients/{patient}, or its convert_status.json")
     p.add_argument("--settings", default="{}",
                    help="the `radiomics` config section as JSON (defaults: shipped params)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmfusion.cohort.status import require_converted
+    from mmfusion.cohort.status import patient_folder, require_converted
     from mmfusion.errors import ConfigError
     from mmfusion.radiomics import RadiomicsSettings, run_radiomics
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as err:
         raise ConfigError(f"--settings is not JSON: {err}") from err
     settings = RadiomicsSettings.from_config(section)
+    args.patient_dir = patient_folder(args.patient_dir)
     require_converted(args.patient_dir)
     row = run_radiomics(args.patient_dir, settings)
     print(f"{args.patient_dir}: {len(row) - 1} columns, gtvn_present={row['gtvn_present']}")

@@ -1,1 +1,63 @@
-# cohort stage rules (not written yet).
+# Cohort table (tables + radiomics rows + conversion statuses), QC exclusions and folds.
+import json
+
+COHORT_KEYS = json.dumps(
+    {k: config["cohort"][k] for k in ("id_column", "label_column", "positive_value")}
+)
+TABLES_SETTINGS = json.dumps(config["tables"])
+FOLDS_SETTINGS = json.dumps(config["folds"])
+
+
+rule build_cohort:
+    input:
+        clinical=cohort_input("clinical"),
+        hematology=cohort_input("hematology"),
+        index=f"{RESULTS}/dicom_index.tsv",
+        statuses=convert_statuses,
+        radiomics=converted_radiomics,
+    output:
+        table=f"{RESULTS}/cohort/table.tsv",
+        spec=f"{RESULTS}/cohort/feature_spec.json",
+        exclusions=f"{RESULTS}/qc/exclusions.tsv",
+    params:
+        cohort=COHORT_KEYS,
+        tables=TABLES_SETTINGS,
+    log:
+        f"{RESULTS}/logs/build_cohort.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_cohort.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "mmfusion cohort build --clinical {input.clinical:q} --hematology {input.hematology:q}"
+        " --index {input.index:q} --status {input.statuses:q}"
+        " --cohort-settings {params.cohort:q} --tables-settings {params.tables:q}"
+        " --table {output.table:q} --spec {output.spec:q} --exclusions {output.exclusions:q}"
+        " > {log:q} 2>&1"
+
+
+rule make_folds:
+    input:
+        table=rules.build_cohort.output.table,
+    output:
+        folds=f"{RESULTS}/cohort/folds.tsv",
+    params:
+        settings=FOLDS_SETTINGS,
+    log:
+        f"{RESULTS}/logs/make_folds.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "mmfusion cohort folds --table {input.table:q} --settings {params.settings:q}"
+        " --out {output.folds:q} > {log:q} 2>&1"
+
+
+FINAL_TARGETS.extend(
+    [
+        rules.build_cohort.output.table,
+        rules.build_cohort.output.exclusions,
+        rules.make_folds.output.folds,
+    ]
+)

@@ -1,1 +1,60 @@
-# features stage rules (not written yet).
+# Crop and radiomics, one job per converted patient (status ok only).
+import json
+
+from mmfusion.cohort.workflow import ConvertStatuses, PatientOutputs
+from mmfusion.radiomics import default_params_path
+
+CROP_SETTINGS = json.dumps(config["crop"])
+RADIOMICS_SETTINGS = json.dumps(config["radiomics"])
+RADIOMICS_PARAMS = config["radiomics"].get("params") or str(default_params_path())
+PATIENT_DIR = f"{RESULTS}/patients/{{patient}}"
+
+
+# Input functions (mmfusion/cohort/workflow.py): walk the index and convert checkpoints.
+convert_statuses = ConvertStatuses(checkpoints, RESULTS)
+converted_outputs = PatientOutputs(checkpoints, RESULTS, "patches.npz", "qc.png", "radiomics.tsv")
+converted_radiomics = PatientOutputs(checkpoints, RESULTS, "radiomics.tsv")
+
+
+rule crop_patient:
+    input:
+        status=f"{PATIENT_DIR}/convert_status.json",
+    output:
+        patches=f"{PATIENT_DIR}/patches.npz",
+        qc=f"{PATIENT_DIR}/qc.png",
+    params:
+        settings=CROP_SETTINGS,
+    log:
+        f"{RESULTS}/logs/crop_patient/{{patient}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/crop_patient/{{patient}}.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "mmfusion crop {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
+rule extract_radiomics:
+    input:
+        status=f"{PATIENT_DIR}/convert_status.json",
+        params=RADIOMICS_PARAMS,
+    output:
+        row=f"{PATIENT_DIR}/radiomics.tsv",
+        provenance=f"{PATIENT_DIR}/radiomics_provenance.json",
+    params:
+        settings=RADIOMICS_SETTINGS,
+    log:
+        f"{RESULTS}/logs/extract_radiomics/{{patient}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_radiomics/{{patient}}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "mmfusion radiomics {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
+FINAL_TARGETS.append(converted_outputs)
