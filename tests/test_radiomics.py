@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from test_crop import make_volume
 
 from mmfusion.errors import ConfigError, MMFusionError
 from mmfusion.radiomics import (
@@ -19,6 +18,7 @@ from mmfusion.radiomics import (
     ibsi_resample,
     run_radiomics,
 )
+from tests.test_crop import make_volume
 
 
 @pytest.fixture(scope="module")
