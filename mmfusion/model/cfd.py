@@ -178,8 +178,11 @@ class CFD(nn.Module):
         eps_fn = noise_fn or self.noise_net
         feats = features.repeat_interleave(n_samples, dim=0)  # (B*S, F)
         prior = y_hat.repeat_interleave(n_samples, dim=0)  # (B*S, y_dim)
-        z = torch.randn(prior.shape, device=prior.device, generator=generator)
-        y = prior + z  # y_T ~ N(ŷ, I)
+        def gaussian() -> torch.Tensor:  # drawn on the generator's device, then moved
+            where = generator.device if generator is not None else prior.device
+            return torch.randn(prior.shape, device=where, generator=generator).to(prior.device)
+
+        y = prior + gaussian()  # y_T ~ N(ŷ, I)
         trajectory = [y]
         for step in reversed(range(self.timesteps)):
             t = torch.full((b * n_samples,), step, dtype=torch.long, device=prior.device)
@@ -189,8 +192,7 @@ class CFD(nn.Module):
             else:
                 mean = (_at(self.gamma0, t) * y0 + _at(self.gamma1, t) * y
                         + _at(self.gamma2, t) * prior)
-                z = torch.randn(prior.shape, device=prior.device, generator=generator)
-                y = mean + _at(self.posterior_variance, t).sqrt() * z
+                y = mean + _at(self.posterior_variance, t).sqrt() * gaussian()
             trajectory.append(y)
         shaped = [s.reshape(b, n_samples, -1) for s in trajectory]
         return shaped if return_trajectory else shaped[-1]

@@ -1,0 +1,117 @@
+"""Training loop: memorises 8 patients, seeded runs repeat, test labels never steer it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmfusion.errors import ConfigError
+from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
+from mmfusion.train.augment import AugmentSettings
+from mmfusion.train.dataset import SplitData
+from mmfusion.train.loop import TrainConfig, fit_fold, predict_split
+
+TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=16, hga_out=16,
+            head_hidden=32, diffusion_hidden=16, n_samples=4, timesteps=10, dropout=0.0)
+NO_AUG = AugmentSettings(flip=0, noise=0, bias_field=0, motion=0)
+
+
+def split(n: int, seed: int, labels: np.ndarray | None = None) -> SplitData:
+    rng = np.random.default_rng(seed)
+    y = labels if labels is not None else np.array([0, 1] * (n // 2))
+    patches = {"tumour": rng.normal(size=(n, 8, 16, 16)).astype(np.float32),
+               "node1": rng.normal(size=(n, 8, 12, 12)).astype(np.float32),
+               "node2": rng.normal(size=(n, 6, 10, 10)).astype(np.float32),
+               "node3": np.zeros((n, 4, 8, 8), np.float32)}
+    present = np.zeros((n, 3), np.uint8)
+    present[:, 0] = 1
+    present[::2, 1] = 1
+    tables = {"clinical": rng.normal(size=(n, 4)).astype(np.float32),
+              "hematology": rng.normal(size=(n, 3)).astype(np.float32),
+              "radiomics_tumour": rng.normal(size=(n, 5)).astype(np.float32),
+              "radiomics_node": rng.normal(size=(n, 2)).astype(np.float32)}
+    return SplitData([f"p{seed}_{i}" for i in range(n)], patches, present, tables,
+                     y.astype(np.int64), np.arange(n))
+
+
+def splits(test_labels: np.ndarray | None = None) -> dict[str, SplitData]:
+    return {"train": split(8, 0), "val": split(6, 1), "test": split(6, 2, test_labels)}
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(epochs=30, batch_size=4, lr=3e-3, weight_decay=0.0, min_lr=1e-3,
+                restart_epoch=30, warmup_epochs=15, seed=7, device="cpu", augment=NO_AUG,
+                progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_base3_memorises_eight_patients(tmp_path):
+    cfg = ModelConfig(variant="base3", **TINY)
+    data = splits()
+    fit_fold(cfg, config(epochs=20), data, tmp_path / "run")
+    model = MMFusionModel(cfg, {g: a.shape[1] for g, a in data["train"].tables.items()})
+    model.load_state_dict(torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"])
+    p, _ = predict_split(model, data["train"], 8, torch.device("cpu"), seed=0)
+    assert ((p > 0.5) == data["train"].labels).all(), p
+
+
+def test_mmfusion_phases_outputs_and_checkpoint_choice(tmp_path):
+    cfg = ModelConfig(variant="mmfusion", **TINY)
+    metrics = fit_fold(cfg, config(epochs=6, warmup_epochs=3), splits(), tmp_path / "run")
+    chosen = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert chosen["epoch"] == metrics["best_epoch"] >= 3  # chosen in the joint phase
+    pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert list(pred.columns) == ["patient_id", "fold", "variant", "probability",
+                                  "uncertainty", "label"]
+    assert len(pred) == 6 and (pred["variant"] == "mmfusion").all()
+    assert (pred["uncertainty"] >= 0).all()
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv")
+    assert list(log["phase"]) == ["warmup"] * 3 + ["joint"] * 3
+    assert log["train_diffusion"].isna().sum() == 3
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"auc", "accuracy", "precision", "recall", "f1", "brier"} <= set(saved["test"])
+    with pytest.raises(ConfigError):
+        fit_fold(cfg, config(epochs=3, warmup_epochs=3), splits(), tmp_path / "bad")
+
+
+def test_seeded_runs_identical_and_test_labels_do_not_steer(tmp_path):
+    cfg = ModelConfig(variant="base3", **TINY)
+    a = fit_fold(cfg, config(epochs=4, augment=AugmentSettings()), splits(), tmp_path / "a")
+    b = fit_fold(cfg, config(epochs=4, augment=AugmentSettings()), splits(), tmp_path / "b")
+    flipped = 1 - splits()["test"].labels
+    c = fit_fold(cfg, config(epochs=4, augment=AugmentSettings()), splits(flipped),
+                 tmp_path / "c")
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    assert pd.read_csv(tmp_path / "a" / "train_log.csv").drop(columns=[
+        "epoch_seconds", "data_wait_share"]).equals(pd.read_csv(
+            tmp_path / "b" / "train_log.csv").drop(columns=["epoch_seconds",
+                                                             "data_wait_share"]))
+    assert c["best_epoch"] == a["best_epoch"] and c["val"] == a["val"]
+    pa = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    pc = pd.read_csv(tmp_path / "c" / "predictions.csv")
+    assert pa["probability"].equals(pc["probability"])
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
+    cfg = ModelConfig(variant="base2", **TINY)
+    full = fit_fold(cfg, config(epochs=4), splits(), tmp_path / "full")
+    fit_fold(cfg, config(epochs=2), splits(), tmp_path / "part")
+    # an interrupted run: same settings but stopped after epoch 1 -> rewrite its settings
+    state = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    state["settings"]["train"] = dataclasses.asdict(config(epochs=4))
+    torch.save(state, tmp_path / "part" / "last.pt")
+    resumed = fit_fold(cfg, config(epochs=4), splits(), tmp_path / "part")
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
