@@ -38,3 +38,8 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf results .snakemake
+
+# DICOM ingestion benchmark: mmfusion convert vs plastimatch convert on LUNG1-001.
+.PHONY: bench-ingest
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/bench_ingest.py

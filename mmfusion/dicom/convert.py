@@ -1,7 +1,8 @@
-"""Per-patient conversion: CT series + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json."""
+"""Per-patient conversion: CT + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
 from mmfusion.dicom.rtstruct import parse_rtstruct
 from mmfusion.dicom.series import SeriesChecks, load_ct_series
 from mmfusion.errors import ConfigError, DicomError
-from mmfusion.io import atomic_path, write_text_atomic
+from mmfusion.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,24 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
                     settings: ConvertSettings) -> dict:
     """Convert one patient; write the four outputs atomically; return the rois.json dict.
 
+    All outputs go to temporary files that are renamed only when every step succeeded,
+    so a refusal leaves no partial output. The CT is written (and freed) before the
+    masks are built, which keeps peak memory near 3x the CT size.
+
     Raises:
         DicomError: a refusal (geometry policy, no tumour ROI, empty tumour mask, ...).
     """
+    with contextlib.ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_path(Path(out_dir) / name))
+               for name in OUTPUT_FILES}
+        return _convert(inputs, tmp, settings)
+
+
+def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSettings) -> dict:
     import SimpleITK as sitk
 
     started = time.perf_counter()
     pid = inputs.patient_id
-    out_dir = Path(out_dir)
     warnings = list(inputs.warnings)
     ct = load_ct_series(inputs.ct_files, patient=pid, checks=settings.checks())
     warnings.extend(ct.warnings)
@@ -197,18 +208,28 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
             f"no ROI name matches the tumour pattern {settings.tumour!r}", patient=pid,
             path=rs.path, fix="set `rois.tumour` (or --tumour-roi) to a regex that matches"
             f" one of: {', '.join(names) or '(no ROIs)'}")
+    shape = ct.array.shape
+    ct_dtype = str(ct.array.dtype)
+    reference = ct.to_sitk()
+    ct.array = None  # the SimpleITK image holds the only copy now
+    sitk.WriteImage(reference, str(tmp["ct.nii.gz"]), True)
+    geometry = sitk.Image(1, 1, 1, sitk.sitkUInt8)  # tiny image carrying the grid only
+    geometry.SetOrigin(reference.GetOrigin())
+    geometry.SetSpacing(reference.GetSpacing())
+    geometry.SetDirection(reference.GetDirection())
+    del reference
     by_name: dict[str, list] = {}
     for roi in rs.rois:
         by_name.setdefault(roi.name, []).extend(roi.contours)
-    shape = ct.array.shape
     voxel_volume = float(np.prod(ct.spacing))
     roi_reports = {}
 
     def rasterise(name: str) -> np.ndarray:
         mask, report = rasterise_roi(by_name.get(name, []), shape, ct.origin, ct.spacing,
                                      ct.direction, plane_tolerance=settings.plane_tolerance)
-        roi_reports[name] = {**asdict(report), "voxels": int(mask.sum()),
-                             "volume_mm3": round(float(mask.sum()) * voxel_volume, 3)}
+        voxels = int(np.count_nonzero(mask))
+        roi_reports[name] = {**asdict(report), "voxels": voxels,
+                             "volume_mm3": round(voxels * voxel_volume, 3)}
         roi_reports[name].pop("off_volume_planes_mm")
         warnings.extend(report.warnings(name))
         if report.contours == 0:
@@ -221,33 +242,28 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
     if len(tumour_names) > 1:
         warnings.append(f"{len(tumour_names)} ROIs match the tumour pattern"
                         f" ({', '.join(tumour_names)}); their union is GTV-T")
-    if not tumour.any():
+    tumour_voxels = int(np.count_nonzero(tumour))
+    if not tumour_voxels:
         raise DicomError(
             f"tumour ROI(s) {', '.join(tumour_names)} have no voxel on this CT series"
             f" ({'; '.join(warnings[-3:]) or 'no closed contours'})", patient=pid,
             path=rs.path, fix="check that the RTSTRUCT belongs to this CT series")
-    node_masks = [(name, rasterise(name)) for name in node_names]
-    for name, mask in node_masks:
-        if not mask.any():
+    _write_like(tumour.view(np.uint8), geometry, tmp["gtv_t.nii.gz"])
+    del tumour
+    node_masks = []
+    for name in node_names:
+        box = _crop(rasterise(name))  # keep only the bounding box of each node ROI
+        if box is None:
             warnings.append(f"node ROI {name!r} has no voxel on this CT grid (contours off the"
                             " series, or smaller than a voxel); no label for it")
-    node_masks = [(n, m) for n, m in node_masks if m.any()]
-    labels, nodes, node_warnings = node_label_map(node_masks, voxel_volume)
+        else:
+            node_masks.append((name, *box))
+    labels, nodes, node_warnings = node_label_map(node_masks, shape, voxel_volume)
     warnings.extend(node_warnings)
-    if labels is None:
-        labels = np.zeros(shape, dtype=np.uint16)
     if not node_names:
         warnings.append("no ROI matches the node pattern: GTV-N is empty (valid: node-negative"
                         " or not contoured)")
-    reference = ct.to_sitk()
-    outputs = {
-        "ct.nii.gz": reference,
-        "gtv_t.nii.gz": _like(sitk.GetImageFromArray(tumour.astype(np.uint8)), reference),
-        "gtv_n.nii.gz": _like(sitk.GetImageFromArray(labels), reference),
-    }
-    for filename, image in outputs.items():
-        with atomic_path(out_dir / filename) as tmp:
-            sitk.WriteImage(image, str(tmp), True)
+    _write_like(labels, geometry, tmp["gtv_n.nii.gz"])
     summary = {
         "patient_id": pid,
         "mmfusion_version": __version__,
@@ -258,13 +274,13 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
             "spacing_xyz_mm": [round(float(v), 6) for v in ct.spacing],
             "origin_lps_mm": [round(float(v), 4) for v in ct.origin],
             "direction_lps": [round(float(v), 6) for v in ct.direction.ravel()],
-            "dtype": str(ct.array.dtype),
+            "dtype": ct_dtype,
             "n_files": len(ct.files),
         },
         "rtstruct": {"file": rs.path, "sop_instance_uid": rs.sop_uid,
                      "structure_set_date": rs.date},
-        "tumour": {"rois": tumour_names, "voxels": int(tumour.sum()),
-                   "volume_mm3": round(float(tumour.sum()) * voxel_volume, 3)},
+        "tumour": {"rois": tumour_names, "voxels": tumour_voxels,
+                   "volume_mm3": round(tumour_voxels * voxel_volume, 3)},
         "nodes": nodes,
         "node_rois": node_names,
         "other_rois": [n for n in names if n not in tumour_names and n not in node_names],
@@ -273,10 +289,28 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
         "settings": asdict(settings),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_text_atomic(out_dir / "rois.json", json.dumps(summary, indent=2) + "\n")
+    tmp["rois.json"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _like(image, reference):
-    image.CopyInformation(reference)
-    return image
+def _crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(bounding-box slices, the mask inside them), or None for an empty mask."""
+    axes = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if hit.size == 0:
+            return None
+        axes.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    box = tuple(axes)
+    return box, mask[box].copy()
+
+
+def _write_like(array: np.ndarray, geometry, path: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(geometry.GetOrigin())
+    image.SetSpacing(geometry.GetSpacing())
+    image.SetDirection(geometry.GetDirection())
+    sitk.WriteImage(image, str(path), True)

@@ -42,8 +42,8 @@ class RasterReport:
         if self.off_volume:
             planes = ", ".join(f"{v:.2f}" for v in sorted(set(self.off_volume_planes_mm))[:6])
             out.append(f"ROI {roi!r}: {self.off_volume} contour(s) lie on slices the CT series"
-                       f" does not have (offset from the first slice along the normal: {planes} mm);"
-                       " not rasterised")
+                       " does not have (offset from the first slice along the normal:"
+                       f" {planes} mm); not rasterised")
         if self.between_slices:
             out.append(f"ROI {roi!r}: {self.between_slices} contour(s) lie between CT slices"
                        " (beyond the plane tolerance); not rasterised")

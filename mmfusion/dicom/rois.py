@@ -24,7 +24,9 @@ def match_rois(names: list[str], pattern: re.Pattern[str]) -> list[str]:
 
 
 def node_label_map(
-    masks: list[tuple[str, np.ndarray]], voxel_volume: float
+    masks: list[tuple[str, tuple[slice, ...], np.ndarray]],
+    shape: tuple[int, int, int],
+    voxel_volume: float,
 ) -> tuple[np.ndarray, list[dict], list[str]]:
     """Label map of lymph nodes from node ROI masks.
 
@@ -33,7 +35,8 @@ def node_label_map(
     larger node's label (reported as a warning).
 
     Args:
-        masks: (ROI name, (Z, Y, X) bool mask) per node ROI.
+        masks: (ROI name, bounding-box slices, bool mask inside the box) per node ROI.
+        shape: (Z, Y, X) of the full grid.
         voxel_volume: mm^3 per voxel.
 
     Returns:
@@ -42,17 +45,16 @@ def node_label_map(
     from scipy import ndimage
 
     warnings: list[str] = []
-    if not masks:
-        return None, [], warnings
-    shape = masks[0][1].shape
-    pieces = []  # (voxels, roi, bounding slices, component mask within the box)
-    for name, mask in masks:
+    pieces = []  # (voxels, roi, box in the full grid, component mask within the box)
+    for name, roi_box, mask in masks:
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
         if count > 1:
             warnings.append(f"ROI {name!r} has {count} separate components; each is a node")
         for index, box in enumerate(ndimage.find_objects(labelled), start=1):
             component = labelled[box] == index
-            pieces.append((int(component.sum()), name, box, component))
+            full = tuple(slice(o.start + b.start, o.start + b.stop)
+                         for o, b in zip(roi_box, box, strict=True))
+            pieces.append((int(component.sum()), name, full, component))
     pieces.sort(key=lambda p: -p[0])
     if len(pieces) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 node components")
@@ -62,14 +64,15 @@ def node_label_map(
     for label, (voxels, name, box, component) in enumerate(pieces, start=1):
         view = labels[box]
         free = component & (view == 0)
-        overlap += int(voxels - free.sum())
+        kept = int(free.sum())
+        overlap += voxels - kept
         view[free] = label
         zs, ys, xs = np.nonzero(component)
         nodes.append({
             "label": label,
             "roi": name,
-            "voxels": int(free.sum()),
-            "volume_mm3": round(float(free.sum()) * voxel_volume, 3),
+            "voxels": kept,
+            "volume_mm3": round(kept * voxel_volume, 3),
             "centroid_index_zyx": [round(float(v.mean() + b.start), 2)
                                    for v, b in zip((zs, ys, xs), box, strict=True)],
         })
