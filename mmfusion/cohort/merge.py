@@ -88,7 +88,7 @@ def read_radiomics_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 def build_cohort(
     clinical: str | Path,
-    hematology: str | Path,
+    hematology: str | Path | None,
     status_paths: Iterable[str | Path],
     settings: TableSettings,
     *,
@@ -97,7 +97,7 @@ def build_cohort(
     """Merge tables, radiomics rows (found beside each ok status) and statuses.
 
     Args:
-        clinical, hematology: the tables.
+        clinical, hematology: the tables (hematology may be None: no hematology data).
         status_paths: every patient's `convert_status.json` (ok and excluded).
         settings: table declarations.
         unlinked_patients: sanitised IDs found in the DICOM index without a CT linked to

@@ -198,11 +198,20 @@ def validate_table(
 
 
 def read_tables(
-    clinical: str | Path, hematology: str | Path, settings: TableSettings
+    clinical: str | Path, hematology: str | Path | None, settings: TableSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validated clinical (with `label`) and hematology tables, indexed by raw patient ID."""
+    """Validated clinical (with `label`) and hematology tables, indexed by raw patient ID.
+
+    Without a hematology table (None) no hematology columns may be declared; every
+    clinical patient then has an empty hematology row.
+    """
     clin = validate_table(read_table(clinical), settings.clinical, settings,
                           path=str(clinical), with_label=True)
+    if hematology is None or str(hematology) == "":
+        if settings.hematology.columns:
+            raise TableError("hematology columns are declared but no hematology table given",
+                             fix="set cohort.hematology or empty tables.hematology")
+        return clin, pd.DataFrame(index=clin.index)
     hema = validate_table(read_table(hematology), settings.hematology, settings,
                           path=str(hematology), with_label=False)
     return clin, hema

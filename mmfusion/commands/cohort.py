@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser("build", help="table.tsv, feature_spec.json and qc/exclusions.tsv")
     b.add_argument("--clinical", required=True, help="clinical table (CSV/TSV)")
-    b.add_argument("--hematology", required=True, help="hematology table (CSV/TSV)")
+    b.add_argument("--hematology", help="hematology table (CSV/TSV); omit when there is none")
     b.add_argument("--status", nargs="*", default=[],
                    help="every patient's convert_status.json (radiomics.tsv is read beside it)")
     b.add_argument("--index", help="dicom_index.tsv: list patients without CT+RTSTRUCT too")
