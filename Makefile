@@ -43,3 +43,9 @@ clean-demo:
 .PHONY: bench-ingest
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
+
+# Radiomics benchmark: our per-patient job vs a bare PyRadiomics execute(), interleaved.
+.PHONY: bench-radiomics
+bench-radiomics: $(STAMP)
+	$(BIN)/python bench/bench_radiomics.py --size demo
+	$(BIN)/python bench/bench_radiomics.py --size lung --repeats 5
