@@ -17,7 +17,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +180,7 @@ class _Series:
     rows: dict
     records: list[dict]
     bbox: tuple[np.ndarray, np.ndarray] | None = None  # LPS extent of the slice planes
+    file_problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
 
 def _series_geometry(series: _Series) -> None:
@@ -271,7 +272,7 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
             entry.records.append(rec)
             entry.rows["files"].append(rel)
             for p in rec["problems"]:
-                entry.rows["problems"].append(f"{rel}: {p}")
+                entry.file_problems[p].append(rel)
             continue
         row = _new_row(rec, root)
         row["sop_instance_uid"] = rec.get("sop_instance_uid", "")
@@ -287,6 +288,10 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
             row["problems"].append(f"{rec['modality']} object: listed, not used")
         objects.append(row)
     for entry in series.values():
+        for problem, where in entry.file_problems.items():
+            entry.rows["problems"].append(
+                f"{problem}: {where[0]}" if len(where) == 1
+                else f"{problem}: {len(where)} files, e.g. {where[0]}")
         entry.rows["n_files"] = len(entry.records)
         sops = [r.get("sop_instance_uid") for r in entry.records]
         if len(set(sops)) != len(sops):
