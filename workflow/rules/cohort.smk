@@ -31,7 +31,7 @@ rule build_cohort:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "mmfusion cohort build --clinical {input.clinical:q} --hematology {input.hematology:q}"
+        "python -m mmfusion cohort build --clinical {input.clinical:q} --hematology {input.hematology:q}"
         " --index {input.index:q} --status {input.statuses:q}"
         " --cohort-settings {params.cohort:q} --tables-settings {params.tables:q}"
         " --table {output.table:q} --spec {output.spec:q} --exclusions {output.exclusions:q}"
@@ -50,7 +50,7 @@ rule make_folds:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "mmfusion cohort folds --table {input.table:q} --settings {params.settings:q}"
+        "python -m mmfusion cohort folds --table {input.table:q} --settings {params.settings:q}"
         " --out {output.folds:q} > {log:q} 2>&1"
 
 

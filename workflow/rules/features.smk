@@ -33,7 +33,7 @@ rule crop_patient:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "mmfusion crop {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "python -m mmfusion crop {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule extract_radiomics:
@@ -54,7 +54,7 @@ rule extract_radiomics:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "mmfusion radiomics {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "python -m mmfusion radiomics {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 FINAL_TARGETS.append(converted_outputs)
