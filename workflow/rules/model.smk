@@ -1,1 +1,99 @@
-# model stage rules (not written yet).
+# Train and evaluate every variant on every fold (mmfusion/train/, mmfusion/model/).
+# Deep variants read a memory-mapped patch cache built once per cohort table.
+import json
+
+MODEL_SETTINGS = json.dumps({k: v for k, v in config["model"].items() if k != "variants"})
+TRAIN_SETTINGS = json.dumps(config["train"])
+PREPROCESS_SETTINGS = json.dumps(config["preprocess"])
+DEEP_VARIANTS = [v for v in config["model"]["variants"] if v not in ("logreg", "gbm")]
+BASELINE_VARIANTS = [v for v in config["model"]["variants"] if v in ("logreg", "gbm")]
+FOLDS = list(range(config["folds"]["n_folds"]))
+MODEL_DIR = f"{RESULTS}/models/{{variant}}/fold{{fold}}"
+TRAIN_GPUS = 1 if config["train"].get("device") == "cuda" else 0
+
+converted_patches = PatientOutputs(checkpoints, RESULTS, "patches.npz")
+
+
+rule cache_patches:
+    input:
+        table=f"{RESULTS}/cohort/table.tsv",
+        patches=converted_patches,
+    output:
+        cache=directory(f"{RESULTS}/cache/patches"),
+    log:
+        f"{RESULTS}/logs/cache_patches.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cache_patches.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "mmfusion train cache --table {input.table:q} --patients-dir {RESULTS}/patients"
+        " --out {output.cache:q} > {log:q} 2>&1"
+
+
+rule train_fold:
+    input:
+        table=f"{RESULTS}/cohort/table.tsv",
+        spec=f"{RESULTS}/cohort/feature_spec.json",
+        folds=f"{RESULTS}/cohort/folds.tsv",
+        cache=rules.cache_patches.output.cache,
+    output:
+        predictions=f"{MODEL_DIR}/predictions.csv",
+        metrics=f"{MODEL_DIR}/metrics.json",
+    wildcard_constraints:
+        variant="base1|base2|base3|mmfusion",
+    params:
+        model=MODEL_SETTINGS,
+        train=TRAIN_SETTINGS,
+        preprocess=PREPROCESS_SETTINGS,
+        out=MODEL_DIR,
+    log:
+        f"{RESULTS}/logs/train_fold/{{variant}}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_fold/{{variant}}_fold{{fold}}.tsv"
+    resources:
+        mem_mb=8000,
+        gpu=TRAIN_GPUS,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
+        " --folds {input.folds:q} --cache {input.cache:q} --fold {wildcards.fold}"
+        " --variant {wildcards.variant} --model-settings {params.model:q}"
+        " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
+
+
+rule train_baseline:
+    input:
+        table=f"{RESULTS}/cohort/table.tsv",
+        spec=f"{RESULTS}/cohort/feature_spec.json",
+        folds=f"{RESULTS}/cohort/folds.tsv",
+    output:
+        predictions=f"{MODEL_DIR}/predictions.csv",
+        metrics=f"{MODEL_DIR}/metrics.json",
+    wildcard_constraints:
+        variant="logreg|gbm",
+    params:
+        train=TRAIN_SETTINGS,
+        preprocess=PREPROCESS_SETTINGS,
+        out=MODEL_DIR,
+    log:
+        f"{RESULTS}/logs/train_baseline/{{variant}}_fold{{fold}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
+        " --folds {input.folds:q} --fold {wildcards.fold} --variant {wildcards.variant}"
+        " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
+
+
+FINAL_TARGETS.extend(
+    expand(
+        f"{RESULTS}/models/{{variant}}/fold{{fold}}/{{name}}",
+        variant=DEEP_VARIANTS + BASELINE_VARIANTS,
+        fold=FOLDS,
+        name=["predictions.csv", "metrics.json"],
+    )
+)
