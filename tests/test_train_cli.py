@@ -1,0 +1,74 @@
+"""`mmfusion train cache|fold` on tiny cohort files: deep variant and baseline outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmfusion.cli import main
+
+
+def write_cohort(root, n: int = 18):
+    rng = np.random.default_rng(0)
+    ids = [f"P{i:02d}" for i in range(n)]
+    y = np.array([0, 1] * (n // 2))
+    table = pd.DataFrame({"patient_id": ids, "label": y,
+                          "age": rng.normal(60, 5, n) + 5 * y,
+                          "sex": rng.choice(["M", "F"], n),
+                          "wbc": rng.normal(7, 1, n),
+                          "gtvt_original_firstorder_Mean": rng.normal(size=n) + y,
+                          "gtvt_original_shape_Volume": rng.normal(size=n),
+                          "gtvn_original_firstorder_Mean": rng.normal(size=n),
+                          "gtvn_present": np.ones(n, int)})
+    table.to_csv(root / "table.tsv", sep="\t", index=False)
+    spec = {"groups": {"clinical": {"numeric": ["age"], "categorical": {"sex": ["M", "F"]}},
+                       "hematology": {"numeric": ["wbc"], "categorical": {}},
+                       "radiomics_tumour": ["gtvt_original_firstorder_Mean",
+                                            "gtvt_original_shape_Volume"],
+                       "radiomics_node": ["gtvn_original_firstorder_Mean"]},
+            "flags": {"radiomics_node": ["gtvn_present"]}}
+    (root / "spec.json").write_text(json.dumps(spec))
+    split = ["train"] * 10 + ["val"] * 4 + ["test"] * 4  # labels alternate: both classes
+    folds = pd.DataFrame({"patient_id": ids, "fold": 0, "split": split})
+    folds.to_csv(root / "folds.tsv", sep="\t", index=False)
+    for pid in ids:
+        d = root / "patients" / pid
+        d.mkdir(parents=True)
+        np.savez_compressed(d / "patches.npz",
+                            tumour=rng.normal(size=(8, 16, 16)).astype(np.float32),
+                            node1=rng.normal(size=(6, 12, 12)).astype(np.float32),
+                            node2=np.zeros((4, 8, 8), np.float32),
+                            node3=np.zeros((4, 8, 8), np.float32),
+                            node_present=np.array([1, 0, 0], np.uint8), meta="{}")
+    return ids
+
+
+def test_cache_then_fold_deep_and_baseline(tmp_path):
+    torch.set_num_threads(1)
+    ids = write_cohort(tmp_path)
+    assert main(["train", "cache", "--table", str(tmp_path / "table.tsv"),
+                 "--patients-dir", str(tmp_path / "patients"),
+                 "--out", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "cache" / "patients.json").read_text()) == ids
+    assert np.load(tmp_path / "cache" / "tumour.npy", mmap_mode="r").shape == (18, 8, 16, 16)
+    common = ["--table", str(tmp_path / "table.tsv"), "--spec", str(tmp_path / "spec.json"),
+              "--folds", str(tmp_path / "folds.tsv"), "--fold", "0",
+              "--preprocess-settings", json.dumps({"n_tumour": 2, "n_node": 1})]
+    model = {"depth": 10, "base_width": 4, "mmrl_dim": 8, "mmrl_heads": 2, "hga_dim": 8,
+             "hga_out": 8, "head_hidden": 16, "diffusion_hidden": 8, "n_samples": 3}
+    train = {"epochs": 3, "warmup_epochs": 1, "batch_size": 4, "device": "cpu",
+             "progress": False}
+    out = tmp_path / "models" / "mmfusion" / "fold0"
+    assert main(["train", "fold", *common, "--cache", str(tmp_path / "cache"),
+                 "--variant", "mmfusion", "--model-settings", json.dumps(model),
+                 "--train-settings", json.dumps(train), "--out", str(out)]) == 0
+    pred = pd.read_csv(out / "predictions.csv")
+    assert pred["patient_id"].tolist() == ids[14:]
+    assert json.loads((out / "metrics.json").read_text())["settings"]["tabular_widths"] == {
+        "clinical": 3, "hematology": 1, "radiomics_tumour": 2, "radiomics_node": 2}
+    base = tmp_path / "models" / "logreg" / "fold0"
+    assert main(["train", "fold", *common, "--variant", "logreg", "--out", str(base)]) == 0
+    assert pd.read_csv(base / "predictions.csv")["patient_id"].tolist() == ids[14:]
