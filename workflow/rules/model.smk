@@ -27,7 +27,7 @@ rule cache_patches:
     conda:
         "../../envs/train.yaml"
     shell:
-        "mmfusion train cache --table {input.table:q} --patients-dir {RESULTS}/patients"
+        "python -m mmfusion train cache --table {input.table:q} --patients-dir {RESULTS}/patients"
         " --out {output.cache:q} > {log:q} 2>&1"
 
 
@@ -57,7 +57,7 @@ rule train_fold:
     conda:
         "../../envs/train.yaml"
     shell:
-        "mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
+        "python -m mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
         " --folds {input.folds:q} --cache {input.cache:q} --fold {wildcards.fold}"
         " --variant {wildcards.variant} --model-settings {params.model:q}"
         " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
@@ -83,7 +83,7 @@ rule train_baseline:
     conda:
         "../../envs/train.yaml"
     shell:
-        "mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
+        "python -m mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
         " --folds {input.folds:q} --fold {wildcards.fold} --variant {wildcards.variant}"
         " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
         " --out {params.out:q} > {log:q} 2>&1"
