@@ -140,6 +140,7 @@ class Extractor:
         """IBSI resampling of the ROI region (identity when no spacing is set)."""
         mask = sitk.Cast(mask, sitk.sitkUInt8)
         if self.spacing is None:
+            # no crop here: PyRadiomics aligns its resampling grid on the image it gets
             return ct, mask
         return ibsi_resample(ct, mask, self.spacing, self.settings.pad_voxels,
                              round_intensities=self.settings.round_intensities,
@@ -250,8 +251,8 @@ def extract_patient(
     row.update({f"gtvt_{k}": v for k, v in t_feats.items()})
     prov: dict[str, Any] = {"gtvt": t_diag, "gtvn": None, "warnings": []}
 
-    n_arr = sitk.GetArrayViewFromImage(gtv_n)
-    labels = [int(v) for v in np.unique(n_arr) if v > 0]
+    counts = np.bincount(sitk.GetArrayViewFromImage(gtv_n).ravel())
+    labels = [int(v) for v in np.flatnonzero(counts) if v > 0]
     n_feats: dict[str, float] | None = None
     if labels:
         if extractor.settings.node_roi == "largest":
