@@ -31,8 +31,9 @@ rule build_cohort:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion cohort build --clinical {input.clinical:q} --hematology {input.hematology:q}"
-        " --index {input.index:q} --status {input.statuses:q}"
+        "python -m mmfusion cohort build --clinical {input.clinical:q}"
+        " --hematology {input.hematology:q} --index {input.index:q}"
+        " --status {input.statuses:q}"
         " --cohort-settings {params.cohort:q} --tables-settings {params.tables:q}"
         " --table {output.table:q} --spec {output.spec:q} --exclusions {output.exclusions:q}"
         " > {log:q} 2>&1"

@@ -12,7 +12,9 @@ PATIENT_DIR = f"{RESULTS}/patients/{{patient}}"
 
 # Input functions (mmfusion/cohort/workflow.py): walk the index and convert checkpoints.
 convert_statuses = ConvertStatuses(checkpoints, RESULTS)
-converted_outputs = PatientOutputs(checkpoints, RESULTS, "patches.npz", "qc.png", "radiomics.tsv")
+converted_outputs = PatientOutputs(
+    checkpoints, RESULTS, "patches.npz", "qc.png", "radiomics.tsv"
+)
 converted_radiomics = PatientOutputs(checkpoints, RESULTS, "radiomics.tsv")
 
 
@@ -33,7 +35,8 @@ rule crop_patient:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion crop {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "python -m mmfusion crop {input.status:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
 
 
 rule extract_radiomics:
@@ -54,7 +57,8 @@ rule extract_radiomics:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion radiomics {input.status:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "python -m mmfusion radiomics {input.status:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
 
 
 FINAL_TARGETS.append(converted_outputs)
