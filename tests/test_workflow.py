@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from tests.conftest import REPO
 
-TINY_SYNTH = {"n_patients": 6, "seed": 3, "prevalence": 0.5, "matrix": 64, "n_slices": 32,
+TINY_SYNTH = {"n_patients": 12, "seed": 3, "prevalence": 0.5, "matrix": 64, "n_slices": 32,
               "pixel_spacing": 5.2, "slice_thickness": 5.0}
+N_PATIENTS = TINY_SYNTH["n_patients"]
 
 
 def _snakemake(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -30,6 +33,7 @@ def workflow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["results"] = str(tmp / "results")
     config["synth"] = TINY_SYNTH
+    config["train"].update(epochs=3, warmup_epochs=1, restart_epoch=3)
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     res = _snakemake(["--cores", "2", "--configfile", str(cfg), "--nolock"])
@@ -42,9 +46,62 @@ def test_workflow_builds_the_demo_cohort(workflow_run: Path) -> None:
     cohort = workflow_run / "demo_cohort"
     assert (cohort / "manifest.json").is_file()
     patients = sorted(p.name for p in (cohort / "dicom").iterdir())
-    assert patients == [f"ESO-{i:04d}" for i in range(1, 7)]
+    assert patients == [f"ESO-{i:04d}" for i in range(1, N_PATIENTS + 1)]
     assert (workflow_run / "logs" / "synth_cohort.log").is_file()
     assert (workflow_run / "benchmarks" / "synth_cohort.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_workflow_runs_every_stage_for_every_patient(workflow_run: Path) -> None:
+    ids = [f"ESO-{i:04d}" for i in range(1, N_PATIENTS + 1)]
+    index = pd.read_csv(workflow_run / "dicom_index.tsv", sep="\t")
+    assert set(index.loc[index["modality"] == "RTSTRUCT", "patient"]) == set(ids)
+    summary = pd.read_csv(workflow_run / "qc" / "convert_summary.tsv", sep="\t")
+    assert list(summary["status"]) == ["ok"] * N_PATIENTS
+    for pid in ids:
+        folder = workflow_run / "patients" / pid
+        for name in ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz", "rois.json",
+                     "patches.npz", "qc.png", "radiomics.tsv"):
+            assert (folder / name).is_file(), f"{pid}/{name}"
+    table = pd.read_csv(workflow_run / "cohort" / "table.tsv", sep="\t")
+    assert sorted(table["patient_id"]) == ids
+    folds = pd.read_csv(workflow_run / "cohort" / "folds.tsv", sep="\t")
+    tests = folds[folds["split"] == "test"]
+    assert sorted(tests["patient_id"]) == ids  # every patient is tested exactly once
+    for variant in ("base1", "base2", "base3", "mmfusion", "logreg", "gbm"):
+        scored = []
+        for fold in range(3):
+            pred = pd.read_csv(workflow_run / "models" / variant / f"fold{fold}" /
+                               "predictions.csv")
+            assert list(pred.columns[:6]) == ["patient_id", "fold", "variant", "probability",
+                                              "uncertainty", "label"]
+            assert pred["probability"].between(0, 1).all()
+            scored += list(pred["patient_id"])
+        assert sorted(scored) == ids, variant
+
+
+@pytest.mark.slow
+def test_outputs_never_carry_patient_names_or_birth_dates(workflow_run: Path) -> None:
+    """The synthetic headers hold fake names and birth dates; no output may copy them."""
+    import pydicom
+
+    names, births = set(), set()
+    for ct in (workflow_run / "demo_cohort" / "dicom").glob("*/CT/*.dcm"):
+        ds = pydicom.dcmread(ct, stop_before_pixels=True)
+        names.add(str(ds.PatientName))
+        births.add(str(ds.PatientBirthDate))
+    assert names and births
+    pattern = re.compile("|".join([re.escape(n) for n in names] + ["SYNTH\\^"] +
+                                  [rf"(?<!\d){b}(?!\d)" for b in births]))
+    checked = 0
+    for path in workflow_run.rglob("*"):
+        if not path.is_file() or "demo_cohort" in path.parts:
+            continue
+        if path.suffix in {".tsv", ".csv", ".json", ".log", ".txt"}:
+            hit = pattern.search(path.read_text(errors="ignore"))
+            assert hit is None, f"{path}: {hit.group(0) if hit else ''}"
+            checked += 1
+    assert checked > 50
 
 
 def test_config_schema_rejects_unknown_and_bad_keys(tmp_path: Path) -> None:

@@ -45,3 +45,39 @@ def patient_folder(path: str | Path) -> Path:
     """The patient folder given either the folder or its `convert_status.json`."""
     p = Path(path)
     return p.parent if p.name == "convert_status.json" else p
+
+
+SUMMARY_COLUMNS = ("patient_id", "status", "reason", "n_warnings")
+
+
+def write_convert_summary(status_paths: list[str | Path], out: str | Path) -> int:
+    """One TSV row per patient's conversion outcome; returns the number converted ok.
+
+    Snakemake reads this one file (a checkpoint) to decide which patients go on to crop
+    and radiomics, instead of waiting on one checkpoint per patient.
+    """
+    import csv
+
+    from mmfusion.io import atomic_path
+
+    rows = []
+    for path in sorted(status_paths, key=lambda p: Path(p).parent.name):
+        st = read_convert_status(path)
+        rows.append({"patient_id": Path(path).parent.name, "status": st["status"],
+                     "reason": " ".join(str(st["reason"]).split()),
+                     "n_warnings": len(st["warnings"])})
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, delimiter="\t",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return sum(r["status"] == "ok" for r in rows)
+
+
+def read_converted_ok(summary: str | Path) -> list[str]:
+    """Patients whose conversion succeeded, from the summary TSV."""
+    import csv
+
+    with open(summary, newline="") as fh:
+        return [r["patient_id"] for r in csv.DictReader(fh, delimiter="\t")
+                if r["status"] == "ok"]

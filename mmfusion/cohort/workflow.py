@@ -1,14 +1,15 @@
 """Snakemake input functions of the features and cohort rules (kept out of the .smk files).
 
-They walk the `index_dicom` and `convert_patient` checkpoints, so downstream jobs are
-requested only for patients whose conversion succeeded.
+They walk the `index_dicom` and `summarise_conversion` checkpoints, so downstream jobs
+are requested only for patients whose conversion succeeded (all patients convert in
+parallel before the one summary is read).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mmfusion.cohort.status import read_convert_status
+from mmfusion.cohort.status import read_converted_ok
 
 
 def status_path(results: str, patient: str) -> str:
@@ -23,13 +24,8 @@ def indexed_patients(checkpoints: Any) -> list[str]:
 
 
 def converted_patients(checkpoints: Any, results: str) -> list[str]:
-    """Indexed patients whose conversion succeeded (waits for each convert checkpoint)."""
-    ok = []
-    for patient in indexed_patients(checkpoints):
-        checkpoints.convert_patient.get(patient=patient)
-        if read_convert_status(status_path(results, patient))["status"] == "ok":
-            ok.append(patient)
-    return ok
+    """Indexed patients whose conversion succeeded (waits for the summary checkpoint)."""
+    return read_converted_ok(checkpoints.summarise_conversion.get().output[0])
 
 
 class ConvertStatuses:

@@ -2,6 +2,7 @@
 # No rules here.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -11,7 +12,11 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # Rules run the package of this checkout as `python -m mmfusion ...`, in the pip venv and
 # in the rules' conda envs alike (those carry only the dependencies).
-_PACKAGE_ROOT = shlex.quote(str(Path(workflow.basedir).resolve()))
+PACKAGE_DIR = str(Path(workflow.basedir).resolve())
+_PACKAGE_ROOT = shlex.quote(PACKAGE_DIR)
+# The rule files' input functions import small helpers of the package too.
+if PACKAGE_DIR not in sys.path:
+    sys.path.insert(0, PACKAGE_DIR)
 # (the prefix is formatted again like a shell command, hence the quadrupled braces)
 shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={_PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
@@ -44,6 +49,24 @@ def dicom_root_marker():
     if SYNTHETIC:
         return f"{DEMO_COHORT}/manifest.json"
     return []
+
+
+# ---- ingest (index -> convert) input functions
+
+def index_dicom_inputs(wildcards):
+    """The DICOM root (a user's folder) or, for the demo, the synth manifest that marks
+    the generated tree complete (the generated folder itself is no declared output)."""
+    if SYNTHETIC:
+        return {"marker": dicom_root_marker()}
+    return {"root": cohort_input("dicom_root")}
+
+
+def converted_status_files(wildcards):
+    """convert_status.json of every patient in the index (waits for the index checkpoint)."""
+    from mmfusion.dicom.index import patients_from_index
+
+    index = checkpoints.index_dicom.get().output[0]
+    return [f"{RESULTS}/patients/{p}/convert_status.json" for p in patients_from_index(index)]
 
 
 # Each rule file appends paths or input functions (wildcards -> paths) of its final

@@ -2,11 +2,12 @@
 import json
 
 from mmfusion.cohort.workflow import ConvertStatuses, PatientOutputs
-from mmfusion.radiomics import default_params_path
 
 CROP_SETTINGS = json.dumps(config["crop"])
 RADIOMICS_SETTINGS = json.dumps(config["radiomics"])
-RADIOMICS_PARAMS = config["radiomics"].get("params") or str(default_params_path())
+RADIOMICS_PARAMS = (
+    config["radiomics"].get("params") or f"{PACKAGE_DIR}/mmfusion/data/radiomics_params.yaml"
+)
 PATIENT_DIR = f"{RESULTS}/patients/{{patient}}"
 
 

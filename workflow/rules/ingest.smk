@@ -1,15 +1,8 @@
 # DICOM ingestion: index the archive (checkpoint: its patient list drives every
 # per-patient rule), then convert each patient's CT + RTSTRUCT to NIfTI volumes and masks.
-# A foreseeable refusal is recorded as status "excluded" in convert_status.json.
+# A foreseeable refusal is recorded as status "excluded" in convert_status.json; the
+# summary checkpoint then tells downstream rules which patients converted.
 CONVERT_DIR = f"{RESULTS}/patients/{{patient}}"
-
-
-def index_dicom_inputs(wildcards):
-    """The DICOM root (a user's folder) or, for the demo, the synth manifest that marks
-    the generated tree complete (the generated folder itself is no declared output)."""
-    if SYNTHETIC:
-        return {"marker": dicom_root_marker()}
-    return {"root": cohort_input("dicom_root")}
 
 
 checkpoint index_dicom:
@@ -33,7 +26,7 @@ checkpoint index_dicom:
         " --no-progress > {log:q} 2>&1"
 
 
-checkpoint convert_patient:
+rule convert_patient:
     input:
         index=f"{RESULTS}/dicom_index.tsv",
     output:
@@ -60,12 +53,18 @@ checkpoint convert_patient:
         " > {log:q} 2>&1"
 
 
-def converted_status_files(wildcards):
-    """convert_status.json of every patient in the index (waits for the index checkpoint)."""
-    from mmfusion.dicom.index import patients_from_index
+checkpoint summarise_conversion:
+    input:
+        converted_status_files,
+    output:
+        f"{RESULTS}/qc/convert_summary.tsv",
+    log:
+        f"{RESULTS}/logs/summarise_conversion.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m mmfusion qc convert-summary --status {input:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
-    index = checkpoints.index_dicom.get().output[0]
-    return [f"{RESULTS}/patients/{p}/convert_status.json" for p in patients_from_index(index)]
 
-
-FINAL_TARGETS.append(converted_status_files)
+FINAL_TARGETS.append(rules.summarise_conversion.output[0])

@@ -20,6 +20,8 @@ rule cache_patches:
         patches=converted_patches,
     output:
         cache=directory(f"{RESULTS}/cache/patches"),
+    params:
+        patients_dir=f"{RESULTS}/patients",
     log:
         f"{RESULTS}/logs/cache_patches.log",
     benchmark:
@@ -27,7 +29,7 @@ rule cache_patches:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m mmfusion train cache --table {input.table:q} --patients-dir {RESULTS}/patients"
+        "python -m mmfusion train cache --table {input.table:q} --patients-dir {params.patients_dir:q}"
         " --out {output.cache:q} > {log:q} 2>&1"
 
 
