@@ -35,9 +35,12 @@ def make_baseline(name: str, seed: int = 0) -> ClassifierMixin:
     if name == "logreg":
         return LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
     if name == "gbm":
-        return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05,
-                                              max_leaf_nodes=15, l2_regularization=1.0,
-                                              class_weight="balanced", random_state=seed)
+        # Small cohorts: sklearn's default min_samples_leaf=20 leaves ~30 training rows
+        # unsplittable (a constant prediction); shallow trees with small leaves instead.
+        return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, max_depth=3,
+                                              max_leaf_nodes=8, min_samples_leaf=3,
+                                              l2_regularization=1.0, class_weight="balanced",
+                                              random_state=seed)
     raise ConfigError(f"unknown baseline {name!r}", fix=f"use one of {list(BASELINES)}")
 
 

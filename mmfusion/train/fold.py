@@ -18,7 +18,7 @@ from mmfusion.cohort.preprocess import FoldPreprocessor, fold_frames
 from mmfusion.io import write_text_atomic
 from mmfusion.model.baselines import fit_predict_baseline
 from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
-from mmfusion.train.metrics import binary_metrics, youden_threshold
+from mmfusion.train.metrics import binary_metrics, json_safe, youden_threshold
 
 SPLITS = ("train", "val", "test")
 
@@ -76,5 +76,6 @@ def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
                "val": binary_metrics(labels["val"], probs["val"], threshold),
                "n_train": len(ids["train"]), "settings": {"preprocess": dict(preprocess or {}),
                                                           "seed": seed}}
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(out / "metrics.json",
+                      json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
     return metrics

@@ -30,7 +30,7 @@ from mmfusion.io import atomic_path, write_text_atomic
 from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.augment import AugmentSettings, augment
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
-from mmfusion.train.metrics import binary_metrics, safe_auc, youden_threshold
+from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
 
 CHECKPOINT_VERSION = 1
 
@@ -248,5 +248,6 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
         "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in log])),
         "settings": settings,
     }
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(out / "metrics.json",
+                      json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
     return metrics
