@@ -84,7 +84,7 @@ def test_shared_backbone_and_widths_from_spec():
     assert list(model.backbones) == ["shared"]
     no_hema = MMFusionModel(ModelConfig(variant="base1", **TINY),
                             {**WIDTHS, "hematology": 0})
-    assert no_hema.feature_dim == 2 * no_hema.image_dim + 5 + 6 + 3
+    assert no_hema.feature_dim == no_hema.image_dim + no_hema.node_dim + 5 + 6 + 3
 
 
 def test_config_rejects_unknown_keys_and_variants():

@@ -65,6 +65,8 @@ class ModelConfig:
     beta_end: float = 0.95
     diffusion_hidden: int = 128
     n_samples: int = 10  # reverse-process samples per patient at inference
+    node_count: bool = True  # append the 3 node-present flags (node count) to the node image
+
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -124,13 +126,17 @@ class MMFusionModel(nn.Module):
             self.mmrl = MMRL(channels, channels, cfg.mmrl_dim, cfg.mmrl_heads, cfg.mask_ratio,
                              max_nodes=len(NODE_KEYS))
             self.image_dim = self.mmrl.out_dim
+        # the node-image embedding carries which node slots are contoured (the node count,
+        # up to 3): pooling or attention over present nodes alone cannot see how many there are
+        self.node_dim = self.image_dim + (len(NODE_KEYS) if cfg.node_count else 0)
         if self.use_hga:
-            widths = {"tumour_image": self.image_dim, "node_image": self.image_dim,
+            widths = {"tumour_image": self.image_dim, "node_image": self.node_dim,
                       **self.tabular_widths}
             self.hga = HGA(widths, cfg.hga_dim, cfg.hga_out, cfg.gat_heads, cfg.dropout)
             self.feature_dim = self.hga.out_dim
         else:
-            self.feature_dim = 2 * self.image_dim + sum(self.tabular_widths.values())
+            self.feature_dim = (self.image_dim + self.node_dim
+                                + sum(self.tabular_widths.values()))
         self.head = nn.Sequential(
             nn.Linear(self.feature_dim, cfg.head_hidden), nn.SELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.head_hidden, cfg.head_hidden // 4), nn.SELU(),
@@ -190,6 +196,8 @@ class MMFusionModel(nn.Module):
         fmaps = batch if "tumour_fmap" in batch else self.encode_images(batch)
         present = batch["node_present"].bool()
         t_emb, n_emb, align_t, align_n = self.image_embeddings(fmaps, present)
+        if self.cfg.node_count:
+            n_emb = torch.cat([n_emb, present.to(n_emb.dtype)], dim=-1)
         tables = {g: batch[g] for g in self.tabular_widths}
         if self.use_hga:
             features = self.hga({"tumour_image": t_emb, "node_image": n_emb, **tables})

@@ -46,6 +46,11 @@ class TrainConfig:
     min_lr: float = 1e-5
     restart_epoch: int = 80
     warmup_epochs: int = 50
+    # Extra noise-network updates per batch in the joint phase, on the batch's detached HGA
+    # features and guide prediction (Adam at `diffusion_lr`, 0 = `lr`). CARD trains its
+    # noise network for thousands of steps; a small cohort gives a few per epoch.
+    diffusion_updates: int = 0
+    diffusion_lr: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -131,6 +136,19 @@ def _is_better(score: tuple[float, float], best: tuple[float, float] | None) -> 
     return auc > best_auc or (auc == best_auc and brier < best_brier)
 
 
+def _extra_diffusion_updates(model: MMFusionModel, batch: Mapping[str, torch.Tensor],
+                             outputs: Any, optimizer: torch.optim.Optimizer, n: int) -> None:
+    """`n` noise-network steps of eq. 6 on this batch's detached features and ŷ."""
+    y0 = torch.nn.functional.one_hot(batch["label"].long(), 2).float()
+    features = outputs.features.detach()
+    y_hat = model.guide_probabilities(outputs.logit.detach())
+    for _ in range(n):
+        loss = model.cfd.loss(y0, features, y_hat)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, SplitData],
              out_dir: str | Path, fold: int = 0, resume: bool = True) -> dict[str, Any]:
     """Train `model_cfg.variant` on `splits['train']`, select on `val`, score `test` once.
@@ -156,6 +174,9 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg.restart_epoch, eta_min=cfg.min_lr)
+    diff_opt = (torch.optim.Adam(model.cfd.noise_net.parameters(),
+                                 lr=cfg.diffusion_lr or cfg.lr, weight_decay=cfg.weight_decay)
+                if uses_diffusion and cfg.diffusion_updates > 0 else None)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
     settings = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
                 "tabular_widths": widths, "fold": fold}
@@ -168,6 +189,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if diff_opt is not None:
+                diff_opt.load_state_dict(state["diffusion_optimizer"])
             gen.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -194,6 +217,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
+            if diff_opt is not None and phase == "joint":
+                _extra_diffusion_updates(model, batch, outputs, diff_opt, cfg.diffusion_updates)
             b = int(batch["label"].shape[0])
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * b
@@ -224,6 +249,7 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
         _save({"version": CHECKPOINT_VERSION, "epoch": epoch, "settings": settings,
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+               "diffusion_optimizer": diff_opt.state_dict() if diff_opt is not None else None,
                "torch_rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                "best": best, "best_epoch": best_epoch, "log": log}, last)
