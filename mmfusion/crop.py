@@ -14,7 +14,6 @@ are ordered by volume (1 = largest), so node1 is the largest node.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import SimpleITK as sitk
 
 from mmfusion.errors import ConfigError, MMFusionError
 from mmfusion.io import atomic_path
+from mmfusion.settings import checked_section
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,7 @@ class CropSettings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> CropSettings:
         """Build from a config section; unknown keys are an error."""
-        section = dict(section or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown crop setting(s): {unknown}",
-                              fix=f"use only {sorted(known)}")
+        section = checked_section(cls, section, "crop")
         conv: dict[str, Any] = {}
         for key, value in section.items():
             if key == "node_sizes":

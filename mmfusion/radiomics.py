@@ -41,6 +41,7 @@ import yaml
 
 from mmfusion.errors import ConfigError, MMFusionError
 from mmfusion.io import atomic_path, write_text_atomic
+from mmfusion.settings import checked_section
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,7 @@ class RadiomicsSettings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> RadiomicsSettings:
         """Build from a config section; unknown keys are an error."""
-        section = dict(section or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown radiomics setting(s): {unknown}",
-                              fix=f"use only {sorted(known)}")
+        section = checked_section(cls, section, "radiomics")
         return cls(**section)
 
     @property

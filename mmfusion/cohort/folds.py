@@ -7,7 +7,6 @@ the three splits are disjoint and cover the cohort. Seeded: same table + seed, s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 
 from mmfusion.errors import ConfigError, TableError
 from mmfusion.io import atomic_path
+from mmfusion.settings import checked_section
 
 SPLITS = ("train", "val", "test")
 
@@ -44,12 +44,7 @@ class FoldSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> FoldSettings:
-        section = dict(section or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown folds setting(s): {unknown}", fix=f"use {sorted(known)}")
-        return cls(**section)
+        return cls(**checked_section(cls, section, "folds"))
 
 
 def make_folds(

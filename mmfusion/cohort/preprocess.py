@@ -17,7 +17,6 @@ Output columns, in order (`feature_names_out_`):
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pandas as pd
 
 from mmfusion.cohort.tables import _norm
 from mmfusion.errors import ConfigError, TableError
+from mmfusion.settings import checked_section
 
 GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
 RADIOMICS = ("radiomics_tumour", "radiomics_node")
@@ -73,12 +73,7 @@ class PreprocessSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> PreprocessSettings:
-        section = dict(section or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown preprocess setting(s): {unknown}",
-                              fix=f"use {sorted(known)}")
+        section = checked_section(cls, section, "preprocess")
         return cls(**section)
 
 

@@ -108,11 +108,12 @@ def patient_phantom(settings: SynthSettings, index: int,
         length=float(lat.length[index]),
     )
     px, m = settings.pixel_spacing, settings.matrix
+    half_length = (settings.n_slices - 1) / 2 * settings.slice_thickness
     grid = Grid(rows=m, cols=m, n_slices=settings.n_slices, pixel_spacing=px,
                 slice_spacing=settings.slice_thickness,
                 x0=-(m - 1) / 2 * px + rng.uniform(-5, 5),
                 y0=-(m - 1) / 2 * px + rng.uniform(-5, 5),
-                z0=rng.uniform(-450.0, -350.0) - (settings.n_slices - 1) / 2 * settings.slice_thickness)
+                z0=rng.uniform(-450.0, -350.0) - half_length)
     style = _NODE_STYLES[rng.integers(len(_NODE_STYLES))]
     numbers = rng.permutation(n_nodes) + 1  # names do not follow size order
     names = {"tumour": _TUMOUR_NAMES[rng.integers(len(_TUMOUR_NAMES))],

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom import config
-from pydicom.multival import MultiValue
-from pydicom.valuerep import DSfloat
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
 
 from mmfusion.io import atomic_path
 from mmfusion.synth.phantom import Phantom

@@ -140,7 +140,8 @@ def paint(img: np.ndarray, grid: Grid, ellipse: Ellipse, value: float | np.ndarr
     sub[m] = value[rs, cs][m] if isinstance(value, np.ndarray) else value
 
 
-def rasterise_polygon(grid: Grid, polygon: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray] | None:
+def rasterise_polygon(grid: Grid, polygon: np.ndarray
+                      ) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Pixel centres of one slice inside a closed polygon (mm): (box, boolean sub-mask)."""
     box = grid.bbox(polygon[:, 0].min(), polygon[:, 0].max(),
                     polygon[:, 1].min(), polygon[:, 1].max())
