@@ -26,8 +26,10 @@ install: $(STAMP)
 # The venv's bin goes first on PATH so the rules' `python` is the venv's.
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile config.yaml
+	$(BIN)/snakemake --configfile config.yaml --report results/report/report.html
 	@echo
 	@echo "Demo finished. Results are in $$(pwd)/results/ (cohort in results/demo_cohort/)."
+	@echo "Summary: results/report/summary.md   Report: results/report/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_text("whole")
     assert final.read_text() == "whole"
     assert list(tmp_path.iterdir()) == [final]
+    # not the 0600 of a temporary file: results are shared with colleagues
+    mask = os.umask(0)
+    os.umask(mask)
+    assert final.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -81,6 +81,18 @@ def test_workflow_runs_every_stage_for_every_patient(workflow_run: Path) -> None
 
 
 @pytest.mark.slow
+def test_workflow_reports_every_variant_and_fold(workflow_run: Path, tmp_path: Path) -> None:
+    report = workflow_run / "report"
+    summary = pd.read_csv(report / "metrics_summary.csv")
+    assert len(summary) == 6 * 3
+    assert set(summary["variant"]) == {"base1", "base2", "base3", "mmfusion", "logreg", "gbm"}
+    assert summary["auc"].between(0, 1).all()
+    assert len(pd.read_csv(report / "oracle_auc.csv")) == 3  # demo: oracle on the same folds
+    for fig in ("roc", "calibration", "auc_by_fold"):
+        assert (report / "figures" / f"{fig}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_outputs_never_carry_patient_names_or_birth_dates(workflow_run: Path) -> None:
     """The synthetic headers hold fake names and birth dates; no output may copy them."""
     import pydicom

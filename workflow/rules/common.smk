@@ -69,6 +69,18 @@ def converted_status_files(wildcards):
     return [f"{RESULTS}/patients/{p}/convert_status.json" for p in patients_from_index(index)]
 
 
+# ---- report input functions
+
+
+def truth_table():
+    """The demo cohort's truth.csv (oracle AUC in the report); nothing for a real cohort."""
+    return f"{DEMO_COHORT}/truth.csv" if SYNTHETIC else []
+
+
+def truth_option():
+    return f"--truth {shlex.quote(truth_table())}" if SYNTHETIC else ""
+
+
 # Each rule file appends paths or input functions (wildcards -> paths) of its final
 # outputs here; `rule all` requests all of them.
 FINAL_TARGETS = []

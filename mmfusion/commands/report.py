@@ -1,0 +1,36 @@
+"""`mmfusion report`: cross-fold comparison of every variant (tables, tests, figures)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report", help="summarise every variant over the folds (tables, DeLong tests, plots)",
+        description="Reads models/{variant}/fold{k}/metrics.json and predictions.csv and "
+                    "writes metrics_summary.csv, variants.csv (mean ± sd, paper Table 2 "
+                    "shape), pooled_auc.csv, paired_tests.csv, summary.md and figures/.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--models-dir", help="results/models: take every variant and fold found")
+    src.add_argument("--metrics", nargs="+", help="metrics.json files (with --predictions)")
+    p.add_argument("--predictions", nargs="+", default=[], help="predictions.csv files")
+    p.add_argument("--out", required=True, help="output folder (results/report)")
+    p.add_argument("--reference", default="mmfusion",
+                   help="variant tested against every other (default mmfusion)")
+    p.add_argument("--truth", default=None,
+                   help="demo only: truth.csv of the synthetic cohort, adds the oracle AUC")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmfusion.report.build import build_report, build_report_from_dir
+
+    if args.models_dir:
+        summary = build_report_from_dir(args.models_dir, args.out, reference=args.reference,
+                                        truth_csv=args.truth)
+    else:
+        summary = build_report(args.metrics, args.predictions, args.out,
+                               reference=args.reference, truth_csv=args.truth)
+    print(summary)
+    return 0
