@@ -8,9 +8,11 @@ code (t = 1..T in the paper).
 
 Forward (eq. 2):  y_t = sqrt(ᾱ_t) y0 + (1 - sqrt(ᾱ_t)) ŷ + sqrt(1 - ᾱ_t) ε.
 Training (eq. 6): || ε - eps_theta(y_t, features, ŷ, t) ||², t drawn antithetically (CARD).
-Reverse (eqs. 3–4): y0 reparameterised from eps_theta (eq. 4), then CARD's exact posterior
-q(y_{t-1} | y_t, y0, ŷ) (mean γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step returns
-the y0 reparameterisation. Each sample y0 becomes class probabilities softmax(-(y0 - 1)²)
+Reverse (eqs. 3–4), common random numbers across patients: y0 reparameterised from
+eps_theta (eq. 4), then CARD's exact posterior q(y_{t-1} | y_t, y0, ŷ) (mean
+γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step returns the y0 reparameterisation.
+Each sample y0 becomes class probabilities softmax(-(y0 - 1)²) (or, with the monotone
+`difference` mapping, sigmoid((y0[1] - y0[0]) / temperature))
 as CARD does; probability = mean over samples, uncertainty = their standard deviation.
 """
 
@@ -92,6 +94,9 @@ def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return values.gather(0, t).unsqueeze(-1)
 
 
+MAPPINGS = ("card", "difference")
+
+
 class CFD(nn.Module):
     """CARD diffusion head: schedule buffers + noise network.
 
@@ -101,11 +106,21 @@ class CFD(nn.Module):
         beta_start, beta_end: linear β schedule ends (paper 0.01 → 0.95).
         hidden: noise network width.
         y_dim: number of classes (2).
+        mapping: sample y0 -> class-1 probability. `card`: softmax(-(y0 - 1)²) as CARD
+            (not monotone: a sample overshooting 1 scores lower, and it squeezes the range);
+            `difference`: sigmoid((y0[1] - y0[0]) / temperature), monotone, the temperature
+            fitted on validation data only (`fit_temperature`).
     """
 
     def __init__(self, feature_dim: int, timesteps: int = 10, beta_start: float = 0.01,
-                 beta_end: float = 0.95, hidden: int = 128, y_dim: int = 2) -> None:
+                 beta_end: float = 0.95, hidden: int = 128, y_dim: int = 2,
+                 mapping: str = "card") -> None:
         super().__init__()
+        if mapping not in MAPPINGS:
+            raise ValueError(f"unknown probability mapping {mapping!r}; use one of {MAPPINGS}")
+        self.mapping = mapping
+        # temperature of the `difference` mapping; fitted on validation data after training
+        self.register_buffer("temperature", torch.ones(()))
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         self.timesteps = timesteps
@@ -179,8 +194,12 @@ class CFD(nn.Module):
         feats = features.repeat_interleave(n_samples, dim=0)  # (B*S, F)
         prior = y_hat.repeat_interleave(n_samples, dim=0)  # (B*S, y_dim)
         def gaussian() -> torch.Tensor:  # drawn on the generator's device, then moved
+            # Common random numbers: sample s of every patient uses the same noise draw, so
+            # patients differ only by their features and ŷ (not by luck) and a patient's
+            # result does not depend on its batch or its position in it.
             where = generator.device if generator is not None else prior.device
-            return torch.randn(prior.shape, device=where, generator=generator).to(prior.device)
+            draw = torch.randn((n_samples, prior.shape[-1]), device=where, generator=generator)
+            return draw.to(prior.device).repeat(b, 1)  # (B*S, y_dim), patient-major
 
         y = prior + gaussian()  # y_T ~ N(ŷ, I)
         trajectory = [y]
@@ -203,7 +222,31 @@ class CFD(nn.Module):
         """Class-1 probability (mean over samples) and uncertainty (sd over samples)."""
         samples = self.sample(features, y_hat, n_samples, generator)
         assert isinstance(samples, torch.Tensor)
-        probs = torch.softmax(-(samples - 1.0).square(), dim=-1)[..., 1]  # (B, S), CARD
+        probs = self.sample_probabilities(samples)  # (B, S)
         spread = probs.std(dim=1, unbiased=False) if n_samples > 1 else torch.zeros_like(
             probs[:, 0])
         return DiffusionPrediction(probs.mean(dim=1), spread, samples)
+
+    def sample_probabilities(self, samples: torch.Tensor,
+                             temperature: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Class-1 probability of each y0 sample `(..., y_dim)` -> `(...)`."""
+        if self.mapping == "card":
+            return torch.softmax(-(samples - 1.0).square(), dim=-1)[..., 1]
+        t = self.temperature if temperature is None else temperature
+        return torch.sigmoid((samples[..., 1] - samples[..., 0]) / t)
+
+    @torch.no_grad()
+    def fit_temperature(self, samples: torch.Tensor, labels: torch.Tensor) -> float:
+        """Set the `difference` mapping's temperature to the value (log grid 0.01..10) that
+        minimises the BCE of the mean-over-samples probability. samples `(N, S, y_dim)` and
+        labels `(N,)` must come from validation data. Returns the temperature."""
+        if self.mapping != "difference" or samples.shape[0] == 0:
+            return float(self.temperature)
+        grid = torch.logspace(-2, 1, 61, device=samples.device)
+        y = labels.float().to(samples.device)
+        losses = [F.binary_cross_entropy(
+            self.sample_probabilities(samples, t).mean(dim=1).clamp(1e-6, 1 - 1e-6), y)
+            for t in grid]
+        best = grid[int(torch.stack(losses).argmin())]
+        self.temperature.fill_(best)
+        return float(best)

@@ -65,6 +65,7 @@ class ModelConfig:
     beta_end: float = 0.95
     diffusion_hidden: int = 128
     n_samples: int = 10  # reverse-process samples per patient at inference
+    probability: str = "card"  # diffusion sample -> probability: card | difference
     node_count: bool = True  # append the 3 node-present flags (node count) to the node image
 
 
@@ -144,7 +145,7 @@ class MMFusionModel(nn.Module):
         )
         if self.use_cfd:
             self.cfd = CFD(self.feature_dim, cfg.timesteps, cfg.beta_start, cfg.beta_end,
-                           cfg.diffusion_hidden)
+                           cfg.diffusion_hidden, mapping=cfg.probability)
 
     # ---- images -------------------------------------------------------------------------
     def backbone_for(self, kind: str) -> ResNet3D:
@@ -240,3 +241,13 @@ class MMFusionModel(nn.Module):
         pred = self.cfd.predict(out.features, self.guide_probabilities(out.logit),
                                 n_samples or self.cfg.n_samples, generator)
         return pred.probability, pred.uncertainty
+
+    @torch.no_grad()
+    def diffusion_samples(self, batch: Mapping[str, torch.Tensor], n_samples: int | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reverse-process y0 samples `(B, S, 2)` (diffusion variants only)."""
+        out = self.forward(batch)
+        samples = self.cfd.sample(out.features, self.guide_probabilities(out.logit),
+                                  n_samples or self.cfg.n_samples, generator)
+        assert isinstance(samples, torch.Tensor)
+        return samples

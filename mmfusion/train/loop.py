@@ -259,6 +259,15 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     # ---- the chosen checkpoint: threshold on validation, test scored once ------------
     chosen = torch.load(out / "model.pt", map_location=device, weights_only=False)
     model.load_state_dict(chosen["model"])
+    temperature = None
+    if uses_diffusion and model_cfg.probability == "difference" and len(val):
+        model.eval()
+        gen_t = torch.Generator().manual_seed(cfg.seed)
+        samples = torch.cat([model.diffusion_samples(b, generator=gen_t)
+                             for b in val.batches(cfg.batch_size, device)])
+        temperature = model.cfd.fit_temperature(samples, torch.from_numpy(val.labels))
+        chosen["model"] = model.state_dict()
+        _save(chosen, out / "model.pt")
     val_p, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed)
     threshold = youden_threshold(val.labels, val_p)
     _write_predictions(out / "val_predictions.csv", val, val_p, val_u, fold, variant)
@@ -267,6 +276,7 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     _write_predictions(out / "predictions.csv", test, test_p, test_u, fold, variant)
     metrics = {
         "variant": variant, "fold": fold, "best_epoch": best_epoch, "threshold": threshold,
+        "temperature": temperature,
         "test": binary_metrics(test.labels, test_p, threshold),
         "val": binary_metrics(val.labels, val_p, threshold),
         "n_train": len(train), "device": str(device),
