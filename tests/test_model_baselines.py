@@ -34,3 +34,10 @@ def test_stack_groups_order_and_errors():
         stack_groups({"other": np.zeros((5, 1))})
     with pytest.raises(ConfigError):
         fit_predict_baseline("svm", a, np.array([0, 1, 0, 1, 0]), {})
+
+
+def test_gbm_is_not_constant_on_a_demo_sized_fold():
+    train, y = arrays(32, 0)  # ~ a demo fold's training part
+    test, _ = arrays(20, 1)
+    probs = fit_predict_baseline("gbm", train, y, {"test": test})["test"]
+    assert np.unique(probs.round(6)).size > 5

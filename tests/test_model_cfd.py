@@ -84,3 +84,28 @@ def test_loss_trains_noise_network():
     assert loss.item() > 0 and cfd.noise_net.lin4.weight.grad is not None
     t = cfd.sample_timesteps(5, torch.device("cpu"))
     assert t.shape == (5,) and int(t[0] + t[3]) == cfd.timesteps - 1  # antithetic pairs
+
+
+def test_common_random_numbers_make_a_patient_independent_of_its_batch():
+    cfd = make().eval()
+    feats, y_hat = torch.randn(5, 6), torch.softmax(torch.randn(5, 2), -1)
+    full = cfd.predict(feats, y_hat, 8, torch.Generator().manual_seed(3))
+    part = cfd.predict(feats[2:4], y_hat[2:4], 8, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(full.probability[2:4], part.probability)
+    torch.testing.assert_close(full.uncertainty[2:4], part.uncertainty)
+
+
+def test_difference_mapping_is_monotone_and_temperature_fits_validation():
+    cfd = make(mapping="difference")
+    d = torch.linspace(-3, 3, 13)
+    samples = torch.stack([torch.zeros_like(d), d], -1)  # y0[1] - y0[0] = d
+    p = cfd.sample_probabilities(samples)
+    assert (p.diff() > 0).all()  # monotone, unlike CARD's softmax(-(y0 - 1)^2)
+    card = make().sample_probabilities(samples)
+    assert not (card.diff() > 0).all()
+    # well-separated samples -> a sharp (small) temperature lowers the BCE
+    labels = torch.tensor([0, 1] * 10)
+    s = torch.stack([torch.zeros(20), (labels * 2 - 1) * 0.5], -1).unsqueeze(1)
+    t = cfd.fit_temperature(s, labels)
+    assert t < 0.2 and float(cfd.temperature) == t
+    assert make().fit_temperature(s, labels) == 1.0  # card mapping: no temperature

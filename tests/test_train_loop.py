@@ -69,10 +69,13 @@ def test_base3_memorises_eight_patients(tmp_path):
 
 
 def test_mmfusion_phases_outputs_and_checkpoint_choice(tmp_path):
-    cfg = ModelConfig(variant="mmfusion", **TINY)
-    metrics = fit_fold(cfg, config(epochs=6, warmup_epochs=3), splits(), tmp_path / "run")
+    cfg = ModelConfig(variant="mmfusion", probability="difference", **TINY)
+    metrics = fit_fold(cfg, config(epochs=6, warmup_epochs=3, select_from=4,
+                                   diffusion_updates=2, diffusion_lr=1e-3),
+                       splits(), tmp_path / "run")
     chosen = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
-    assert chosen["epoch"] == metrics["best_epoch"] >= 3  # chosen in the joint phase
+    assert chosen["epoch"] == metrics["best_epoch"] >= 4  # joint phase, >= select_from
+    assert metrics["temperature"] == pytest.approx(float(chosen["model"]["cfd.temperature"]))
     pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert list(pred.columns) == ["patient_id", "fold", "variant", "probability",
                                   "uncertainty", "label"]
@@ -81,7 +84,9 @@ def test_mmfusion_phases_outputs_and_checkpoint_choice(tmp_path):
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
     assert list(log["phase"]) == ["warmup"] * 3 + ["joint"] * 3
     assert log["train_diffusion"].isna().sum() == 3
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    saved = json.loads(text)
     assert {"auc", "accuracy", "precision", "recall", "f1", "brier"} <= set(saved["test"])
     with pytest.raises(ConfigError):
         fit_fold(cfg, config(epochs=3, warmup_epochs=3), splits(), tmp_path / "bad")

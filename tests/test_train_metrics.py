@@ -26,3 +26,15 @@ def test_binary_metrics_values():
     assert np.isclose(m["brier"], np.mean((p - y) ** 2))
     assert 0.3 < youden_threshold(y, p) <= 0.9
     assert np.isnan(binary_metrics(np.ones(3), np.ones(3) * 0.7)["auc"])
+
+
+def test_json_safe_writes_null_for_undefined_values():
+    import json
+
+    from mmfusion.train.metrics import json_safe
+
+    m = binary_metrics(np.array([1, 1, 1]), np.array([0.2, 0.6, 0.9]))  # one class: no AUC
+    text = json.dumps(json_safe({"val": m, "x": [np.float32(1.5), float("inf")]}),
+                      allow_nan=False)
+    back = json.loads(text)
+    assert back["val"]["auc"] is None and back["x"] == [1.5, None]

@@ -11,9 +11,9 @@ Training (eq. 6): || ε - eps_theta(y_t, features, ŷ, t) ||², t drawn antithet
 Reverse (eqs. 3–4), common random numbers across patients: y0 reparameterised from
 eps_theta (eq. 4), then CARD's exact posterior q(y_{t-1} | y_t, y0, ŷ) (mean
 γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step returns the y0 reparameterisation.
-Each sample y0 becomes class probabilities softmax(-(y0 - 1)²) (or, with the monotone
-`difference` mapping, sigmoid((y0[1] - y0[0]) / temperature))
-as CARD does; probability = mean over samples, uncertainty = their standard deviation.
+Each sample y0 becomes class probabilities softmax(-(y0 - 1)²) as CARD does (or, with
+the monotone `difference` mapping, sigmoid((y0[1] - y0[0]) / temperature)); probability =
+mean over samples, uncertainty = their standard deviation.
 """
 
 from __future__ import annotations

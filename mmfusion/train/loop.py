@@ -50,6 +50,10 @@ class TrainConfig:
     # features and guide prediction (Adam at `diffusion_lr`, 0 = `lr`). CARD trains its
     # noise network for thousands of steps; a small cohort gives a few per epoch.
     diffusion_updates: int = 0
+    # Checkpoints are chosen (on validation) among epochs >= select_from only (and, for the
+    # diffusion variant, after the warm-up): the first joint epochs' diffusion head is still
+    # untrained noise, and a small validation split can rank noise highly by luck.
+    select_from: int = 0
     diffusion_lr: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -231,7 +235,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
         val_p, _ = predict_split(model, val, cfg.batch_size, device, cfg.seed)
         val_auc = safe_auc(val.labels, val_p)
         val_brier = float(np.mean((val_p - val.labels) ** 2)) if len(val) else math.nan
-        eligible = phase == "joint"  # the diffusion head is untrained during warm-up
+        # the diffusion head is untrained during warm-up
+        eligible = phase == "joint" and epoch >= min(cfg.select_from, cfg.epochs - 1)
         if eligible and _is_better((val_auc, val_brier), best):
             best, best_epoch = (val_auc, val_brier), epoch
             _save({"version": CHECKPOINT_VERSION, "epoch": epoch, "settings": settings,
