@@ -109,3 +109,18 @@ def test_difference_mapping_is_monotone_and_temperature_fits_validation():
     t = cfd.fit_temperature(s, labels)
     assert t < 0.2 and float(cfd.temperature) == t
     assert make().fit_temperature(s, labels) == 1.0  # card mapping: no temperature
+
+
+def test_y0_target_trains_on_y0_and_samples_with_its_prediction():
+    cfd = make(target="y0")
+
+    class Oracle(torch.nn.Module):  # predicts the true y0 of each row
+        def forward(self, y_t, feats, y_hat, t):
+            return torch.nn.functional.one_hot((feats[:, 0] > 0).long(), 2).float()
+
+    cfd.noise_net = Oracle()
+    feats = torch.randn(6, 6)
+    y0 = torch.nn.functional.one_hot((feats[:, 0] > 0).long(), 2).float()
+    assert float(cfd.loss(y0, feats, torch.full((6, 2), 0.5))) == 0.0
+    out = cfd.sample(feats, torch.full((6, 2), 0.5), 4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, y0.unsqueeze(1).expand(-1, 4, -1))

@@ -95,6 +95,7 @@ def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 MAPPINGS = ("card", "difference")
+TARGETS = ("noise", "y0")
 
 
 class CFD(nn.Module):
@@ -110,12 +111,20 @@ class CFD(nn.Module):
             (not monotone: a sample overshooting 1 scores lower, and it squeezes the range);
             `difference`: sigmoid((y0[1] - y0[0]) / temperature), monotone, the temperature
             fitted on validation data only (`fit_temperature`).
+        target: what the network predicts. `noise`: eps (CARD, eq. 6), y0 recovered by eq. 4,
+            which divides the prediction error by sqrt(ᾱ_t) (about 0.01 at t = T for the
+            paper's 10-step schedule, so small errors swamp the signal); `y0`: the network
+            predicts y0 directly (x0-parameterisation; loss MSE(y0)), same forward process,
+            posterior and sampling.
     """
 
     def __init__(self, feature_dim: int, timesteps: int = 10, beta_start: float = 0.01,
                  beta_end: float = 0.95, hidden: int = 128, y_dim: int = 2,
-                 mapping: str = "card") -> None:
+                 mapping: str = "card", target: str = "noise") -> None:
         super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"unknown diffusion target {target!r}; use one of {TARGETS}")
+        self.target = target
         if mapping not in MAPPINGS:
             raise ValueError(f"unknown probability mapping {mapping!r}; use one of {MAPPINGS}")
         self.mapping = mapping
@@ -158,14 +167,15 @@ class CFD(nn.Module):
         return torch.cat([t, self.timesteps - 1 - t])[:n]
 
     def loss(self, y0: torch.Tensor, features: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        """Eq. 6: noise-prediction MSE.
+        """Eq. 6: noise-prediction MSE (target `y0`: MSE of the predicted y0).
 
         y0 one-hot `(B, y_dim)`, features `(B, F)`, ŷ `(B, y_dim)` -> scalar.
         """
         t = self.sample_timesteps(y0.shape[0], y0.device)
         noise = torch.randn_like(y0)
         y_t = self.q_sample(y0, y_hat, t, noise)
-        return F.mse_loss(self.noise_net(y_t, features, y_hat, t), noise)
+        target = y0 if self.target == "y0" else noise
+        return F.mse_loss(self.noise_net(y_t, features, y_hat, t), target)
 
     def y0_reparam(self, y_t: torch.Tensor, y_hat: torch.Tensor, eps: torch.Tensor,
                    t: torch.Tensor) -> torch.Tensor:
@@ -205,7 +215,10 @@ class CFD(nn.Module):
         trajectory = [y]
         for step in reversed(range(self.timesteps)):
             t = torch.full((b * n_samples,), step, dtype=torch.long, device=prior.device)
-            y0 = self.y0_reparam(y, prior, eps_fn(y, feats, prior, t), t)  # eq. 4
+            if self.target == "y0" and noise_fn is None:
+                y0 = self.noise_net(y, feats, prior, t)  # x0-parameterisation
+            else:
+                y0 = self.y0_reparam(y, prior, eps_fn(y, feats, prior, t), t)  # eq. 4
             if step == 0:
                 y = y0
             else:

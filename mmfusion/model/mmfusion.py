@@ -66,6 +66,7 @@ class ModelConfig:
     diffusion_hidden: int = 128
     n_samples: int = 10  # reverse-process samples per patient at inference
     probability: str = "card"  # diffusion sample -> probability: card | difference
+    diffusion_target: str = "noise"  # network predicts noise (CARD, eq. 6) | y0
     node_count: bool = True  # append the 3 node-present flags (node count) to the node image
 
 
@@ -145,7 +146,8 @@ class MMFusionModel(nn.Module):
         )
         if self.use_cfd:
             self.cfd = CFD(self.feature_dim, cfg.timesteps, cfg.beta_start, cfg.beta_end,
-                           cfg.diffusion_hidden, mapping=cfg.probability)
+                           cfg.diffusion_hidden, mapping=cfg.probability,
+                           target=cfg.diffusion_target)
 
     # ---- images -------------------------------------------------------------------------
     def backbone_for(self, kind: str) -> ResNet3D:
