@@ -51,3 +51,9 @@ bench-ingest: $(STAMP)
 bench-radiomics: $(STAMP)
 	$(BIN)/python bench/bench_radiomics.py --size demo
 	$(BIN)/python bench/bench_radiomics.py --size lung --repeats 5
+
+# Training benchmark: our batched pipeline vs a naive per-sample (reference-style) one, at
+# demo and paper shapes, plus the frozen-backbone (cached feature maps) step.
+.PHONY: bench-train
+bench-train: $(STAMP)
+	$(BIN)/python bench/bench_train.py --shapes both
