@@ -188,7 +188,7 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
 
     last = out / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = torch.load(last, map_location=device, weights_only=True)
         if state.get("version") == CHECKPOINT_VERSION and state["settings"] == settings:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -262,7 +262,7 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}")
 
     # ---- the chosen checkpoint: threshold on validation, test scored once ------------
-    chosen = torch.load(out / "model.pt", map_location=device, weights_only=False)
+    chosen = torch.load(out / "model.pt", map_location=device, weights_only=True)
     model.load_state_dict(chosen["model"])
     temperature = None
     if uses_diffusion and model_cfg.probability == "difference" and len(val):
