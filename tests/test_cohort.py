@@ -138,7 +138,7 @@ def test_build_cohort_and_exclusions(tmp_path):
     assert g["radiomics_tumour"] == ["gtvt_original_firstorder_Mean",
                                      "gtvt_original_shape_MeshVolume"]
     assert g["radiomics_node"] == ["gtvn_original_firstorder_Mean"]
-    assert cohort.spec["flags"]["radiomics_node"] == ["gtvn_present"]
+    assert cohort.spec["flags"]["radiomics_node"] == ["gtvn_present", "gtvn_count"]
     assert g["clinical"]["categorical"]["sex"] == ["M", "F"]
     cohort.write(tmp_path / "c" / "table.tsv", tmp_path / "c" / "spec.json",
                  tmp_path / "qc" / "exclusions.tsv")

@@ -28,8 +28,10 @@ from mmfusion.io import atomic_path, write_text_atomic
 log = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
-NODE_FLAGS = ["gtvn_present"]
-INFO_COLUMNS = ["gtvn_count"]
+# Appended unscaled to the node radiomics group: whether the patient has GTV-N and how many
+# nodes (ROIs / connected components) were contoured, the strongest nodal finding.
+NODE_FLAGS = ["gtvn_present", "gtvn_count"]
+INFO_COLUMNS: list[str] = []
 EXCLUSION_COLUMNS = ["patient_id", "stage", "reason"]
 
 

@@ -12,7 +12,7 @@ Output columns, in order (`feature_names_out_`):
   missing category is all zeros);
   radiomics_tumour: selected features, scaled;
   radiomics_node: selected features, scaled (patients without nodes: imputed), then the
-  `gtvn_present` flag unscaled.
+  `gtvn_present` flag and the `gtvn_count` node count, unscaled.
 """
 
 from __future__ import annotations
