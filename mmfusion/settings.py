@@ -21,3 +21,19 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, name: str) -> 
     if unknown:
         raise ConfigError(f"unknown {name} setting(s): {unknown}", fix=f"use only {sorted(known)}")
     return section
+
+
+def parse_settings_json(text: str, option: str) -> dict[str, Any]:
+    """A config section passed on the command line as JSON (`{}` or empty: defaults)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option} is not JSON: {err}",
+                          fix=f"pass the config section as a JSON object to {option}") from err
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -78,3 +78,21 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert final.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_config_sections_refuse_unknown_keys_and_bad_json() -> None:
+    from mmfusion.crop import CropSettings
+    from mmfusion.errors import ConfigError
+    from mmfusion.settings import parse_settings_json
+    from mmfusion.train.loop import TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown crop setting.*'tumor_size'"):
+        CropSettings.from_config({"tumor_size": [4, 8, 8]})
+    with pytest.raises(ConfigError, match="train.augment.*'flipp'"):
+        TrainConfig.from_dict({"augment": {"flipp": 0.5}})
+    assert TrainConfig.from_dict({"augment": {"flip": 0.1}}).augment.flip == 0.1
+    assert parse_settings_json("{}", "--settings") == {}
+    with pytest.raises(ConfigError, match="--settings is not JSON"):
+        parse_settings_json("{spacing: 2}", "--settings")
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_settings_json("[1, 2]", "--settings")

@@ -64,10 +64,12 @@ def test_ct_headers_are_realistic(tiny_cohort: Path) -> None:
         z = sorted(float(s.ImagePositionPatient[2]) for s in slices)
         assert np.allclose(np.diff(z), TINY.slice_thickness)
         rep.add(int(first.PixelRepresentation))
+        # as scanners store them: int16 with intercept 0, or uint16 (12 bits) with -1024
+        expected = {0: (-1024.0, 12), 1: (0.0, 16)}[int(first.PixelRepresentation)]
+        assert (float(first.RescaleIntercept), int(first.BitsStored)) == expected
         for s in slices:
             hu = s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept)
             assert -1024 <= hu.min() and hu.max() < 3072
-    assert rep <= {0, 1}
 
 
 def test_rtstruct_references_its_series(tiny_cohort: Path) -> None:

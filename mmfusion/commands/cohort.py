@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from mmfusion.settings import parse_settings_json as section_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,14 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_folds)
 
 
-def _json(text: str, what: str) -> dict:
-    from mmfusion.errors import ConfigError
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{what} is not JSON: {err}") from err
-    return value or {}
 
 
 def _unlinked(index_tsv: str | None) -> list[str]:
@@ -58,8 +51,8 @@ def run_build(args: argparse.Namespace) -> int:
     from mmfusion.cohort.merge import build_cohort
     from mmfusion.cohort.tables import TableSettings
 
-    settings = TableSettings.from_config(_json(args.cohort_settings, "--cohort-settings"),
-                                         _json(args.tables_settings, "--tables-settings"))
+    settings = TableSettings.from_config(section_json(args.cohort_settings, "--cohort-settings"),
+                                         section_json(args.tables_settings, "--tables-settings"))
     cohort = build_cohort(args.clinical, args.hematology, args.status, settings,
                           unlinked_patients=_unlinked(args.index))
     cohort.write(args.table, args.spec, args.exclusions)
@@ -73,7 +66,7 @@ def run_folds(args: argparse.Namespace) -> int:
 
     from mmfusion.cohort.folds import FoldSettings, make_folds, write_folds
 
-    settings = FoldSettings.from_config(_json(args.settings, "--settings"))
+    settings = FoldSettings.from_config(section_json(args.settings, "--settings"))
     table = pd.read_csv(args.table, sep="\t", dtype={"patient_id": str},
                         usecols=["patient_id", "label"])
     folds = make_folds(table["patient_id"].tolist(), table["label"].to_numpy(), settings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,13 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmfusion.cohort.status import patient_folder, require_converted
     from mmfusion.crop import CropSettings, run_crop
-    from mmfusion.errors import ConfigError
+    from mmfusion.settings import parse_settings_json
 
-    try:
-        section = json.loads(args.settings)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--settings is not JSON: {err}") from err
-    settings = CropSettings.from_config(section)
+    settings = CropSettings.from_config(parse_settings_json(args.settings, "--settings"))
     args.patient_dir = patient_folder(args.patient_dir)
     require_converted(args.patient_dir)
     patches = run_crop(args.patient_dir, settings)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from mmfusion.settings import parse_settings_json as section_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,13 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_fold)
 
 
-def _json(text: str, what: str) -> dict:
-    from mmfusion.errors import ConfigError
-
-    try:
-        return json.loads(text) or {}
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{what} is not JSON: {err}") from err
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -63,8 +57,8 @@ def run_fold(args: argparse.Namespace) -> int:
     from mmfusion.errors import ConfigError
     from mmfusion.model.baselines import BASELINES
 
-    preprocess = _json(args.preprocess_settings, "--preprocess-settings")
-    train_section = _json(args.train_settings, "--train-settings")
+    preprocess = section_json(args.preprocess_settings, "--preprocess-settings")
+    train_section = section_json(args.train_settings, "--train-settings")
     if args.variant in BASELINES:
         from mmfusion.train.fold import run_baseline_fold
 
@@ -77,7 +71,7 @@ def run_fold(args: argparse.Namespace) -> int:
 
         if not args.cache:
             raise ConfigError("deep variants need --cache", fix="run `mmfusion train cache`")
-        model_cfg = ModelConfig.from_dict({**_json(args.model_settings, "--model-settings"),
+        model_cfg = ModelConfig.from_dict({**section_json(args.model_settings, "--model-settings"),
                                            "variant": args.variant})
         train_cfg = TrainConfig.from_dict(train_section)
         splits = load_fold(args.table, args.spec, args.folds, args.cache, args.fold, preprocess)

@@ -19,7 +19,6 @@ the diffusion term is added only in the `joint` phase (after the guide warm-up).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +31,7 @@ from mmfusion.model.backbone import ResNet3D, load_medicalnet
 from mmfusion.model.cfd import CFD
 from mmfusion.model.hga import HGA
 from mmfusion.model.mmrl import MMRL, masked_mean
+from mmfusion.settings import checked_section
 
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {  # name -> (MMRL, HGA, CFD)
     "base1": (False, False, False),
@@ -78,12 +78,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, section: Mapping[str, object]) -> ModelConfig:
         """Build from a config section, failing on unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}",
-                              fix=f"use only {sorted(known)}")
-        return cls(**section)  # type: ignore[arg-type]
+        return cls(**checked_section(cls, section, "model"))
 
     @property
     def switches(self) -> tuple[bool, bool, bool]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from mmfusion.errors import ConfigError
 from mmfusion.io import atomic_path, write_text_atomic
 from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
+from mmfusion.settings import checked_section
 from mmfusion.train.augment import AugmentSettings, augment
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
 from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
@@ -63,20 +64,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> TrainConfig:
         """Build from a config section, failing on unknown keys."""
-        section = dict(section)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"unknown train config keys {unknown}",
-                              fix=f"use only {sorted(known)}")
+        section = checked_section(cls, section, "train")
         if "augment" in section:
-            aug = dict(section["augment"] or {})
-            aug_known = {f.name for f in dataclasses.fields(AugmentSettings)}
-            bad = sorted(set(aug) - aug_known)
-            if bad:
-                raise ConfigError(f"unknown train.augment keys {bad}",
-                                  fix=f"use only {sorted(aug_known)}")
-            section["augment"] = AugmentSettings(**aug)
+            section["augment"] = AugmentSettings(
+                **checked_section(AugmentSettings, section["augment"], "train.augment"))
         return cls(**section)
 
 
