@@ -147,3 +147,32 @@ def test_fewer_features_than_requested_and_settings():
         PreprocessSettings(selection="lasso")
     with pytest.raises(RuntimeError):
         FoldPreprocessor(SPEC).transform(table)
+
+
+def test_log_transform_of_skewed_positive_columns():
+    rng = np.random.default_rng(3)
+    n = 120
+    df = make_table(n, seed=3)
+    df["wbc"] = np.exp(rng.normal(1.0, 0.8, n))  # positive, right-skewed: logged
+    df["age"] = rng.normal(60, 8, n) - 100  # negative values: never logged
+    train, test = df.iloc[:90].reset_index(drop=True), df.iloc[90:].reset_index(drop=True)
+    settings = PreprocessSettings(n_tumour=4, n_node=3, log_skew=1.0)
+    prep = FoldPreprocessor(SPEC, settings).fit(train)
+    assert not np.isnan(prep.log_floor_["hematology"]).any()
+    assert np.isnan(prep.log_floor_["clinical"]).all()
+    out = prep.transform(train)["hematology"][:, 0]
+    logged = np.log(train["wbc"].to_numpy())
+    np.testing.assert_allclose(out, (logged - logged.mean()) / logged.std(), atol=1e-5)
+    # unseen values at or below zero stay finite (floored at half the training minimum)
+    test.loc[0, "wbc"] = 0.0
+    test.loc[1, "wbc"] = -3.0
+    z = prep.transform(test)["hematology"][:2, 0]
+    floor = np.log(train["wbc"].min() / 2)
+    np.testing.assert_allclose(z, (floor - logged.mean()) / logged.std(), atol=1e-5)
+    # off: the raw column, standardised
+    plain = FoldPreprocessor(SPEC, PreprocessSettings(n_tumour=4, n_node=3)).fit(train)
+    raw = train["wbc"].to_numpy()
+    np.testing.assert_allclose(plain.transform(train)["hematology"][:, 0],
+                               (raw - raw.mean()) / raw.std(), atol=1e-5)
+    with pytest.raises(ConfigError):
+        PreprocessSettings(log_skew=-1)

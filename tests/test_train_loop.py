@@ -14,7 +14,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.augment import AugmentSettings
 from mmfusion.train.dataset import SplitData
-from mmfusion.train.loop import TrainConfig, fit_fold, predict_split
+from mmfusion.train.loop import TrainConfig, WeightAverage, fit_fold, predict_split
 
 TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=16, hga_out=16,
             head_hidden=32, diffusion_hidden=16, n_samples=4, timesteps=10, dropout=0.0)
@@ -110,13 +110,55 @@ def test_seeded_runs_identical_and_test_labels_do_not_steer(tmp_path):
     assert pa["probability"].equals(pc["probability"])
 
 
-def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8])
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, ema_decay):
     cfg = ModelConfig(variant="base2", **TINY)
-    full = fit_fold(cfg, config(epochs=4), splits(), tmp_path / "full")
-    fit_fold(cfg, config(epochs=2), splits(), tmp_path / "part")
+    full = fit_fold(cfg, config(epochs=4, ema_decay=ema_decay), splits(), tmp_path / "full")
+    fit_fold(cfg, config(epochs=2, ema_decay=ema_decay), splits(), tmp_path / "part")
     # an interrupted run: same settings but stopped after epoch 1 -> rewrite its settings
     state = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
-    state["settings"]["train"] = dataclasses.asdict(config(epochs=4))
+    state["settings"]["train"] = dataclasses.asdict(config(epochs=4, ema_decay=ema_decay))
     torch.save(state, tmp_path / "part" / "last.pt")
-    resumed = fit_fold(cfg, config(epochs=4), splits(), tmp_path / "part")
+    resumed = fit_fold(cfg, config(epochs=4, ema_decay=ema_decay), splits(), tmp_path / "part")
     assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+
+
+def test_weight_average_update_rule():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(model, 0.75)
+    before = {k: v.clone() for k, v in avg.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(5, 3))  # BatchNorm running stats and batch counter move
+    avg.update(model)
+    now = model.state_dict()
+    for name, value in avg.model.state_dict().items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * now[name])
+        else:
+            assert torch.equal(value, now[name]), name
+    assert not any(p.requires_grad for p in avg.model.parameters())
+    with pytest.raises(ConfigError):
+        WeightAverage(model, 1.0)
+
+
+def test_averaged_weights_are_validated_saved_and_scored(tmp_path):
+    cfg = ModelConfig(variant="base2", **TINY)
+    data = splits()
+    metrics = fit_fold(cfg, config(epochs=3, select_from=2, ema_decay=0.5), data,
+                       tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    chosen = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert metrics["best_epoch"] == 2  # the only eligible epoch: the last one
+    assert chosen["model"].keys() == last["ema"].keys()
+    for name, value in chosen["model"].items():
+        assert torch.equal(value, last["ema"][name]), name  # the averaged weights ...
+    raw = [n for n, v in last["model"].items()
+           if v.dtype.is_floating_point and not torch.equal(v, last["ema"][n])]
+    assert raw  # ... which differ from the raw ones
+    model = MMFusionModel(cfg, {g: a.shape[1] for g, a in data["train"].tables.items()})
+    model.load_state_dict(chosen["model"])
+    p, _ = predict_split(model, data["test"], 4, torch.device("cpu"), seed=7)
+    scored = pd.read_csv(tmp_path / "run" / "predictions.csv")["probability"].to_numpy()
+    np.testing.assert_allclose(scored, p, atol=1e-6)

@@ -38,6 +38,9 @@ class PreprocessSettings:
     """Settings of in-fold preprocessing (config section `preprocess`).
 
     Attributes:
+        log_skew: log-transform a numeric column (any group) whose training values are all
+            positive and whose training-row skewness exceeds this (laboratory values such
+            as CEA, SCC-Ag, CRP and radiomics volumes are log-normal); 0 = never.
         impute: numeric imputation, `median` or `mean` of the training rows.
         scaling: `standard` (mean/sd), `robust` (median/IQR) or `none`.
         variance_threshold: drop radiomics features whose variance after min-max scaling
@@ -51,6 +54,7 @@ class PreprocessSettings:
         seed: random seed of the L1 solver.
     """
 
+    log_skew: float = 0.0
     impute: str = "median"
     scaling: str = "standard"
     variance_threshold: float = 1e-4
@@ -68,6 +72,8 @@ class PreprocessSettings:
                 raise ConfigError(f"preprocess.{key} must be one of {allowed}")
         if not 0 < self.correlation_threshold <= 1:
             raise ConfigError("preprocess.correlation_threshold must be in (0, 1]")
+        if self.log_skew < 0:
+            raise ConfigError("preprocess.log_skew must be >= 0 (0 = no log transform)")
         if self.n_tumour < 1 or self.n_node < 1:
             raise ConfigError("preprocess.n_tumour and n_node must be positive")
 
@@ -84,6 +90,16 @@ def _f_statistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         f, _ = f_classif(x, y)
     return np.nan_to_num(f, nan=0.0, posinf=1e12)
+
+
+def _skewness(x: np.ndarray) -> np.ndarray:
+    """Sample skewness of each column of x (n, d), ignoring NaNs (0 for constant columns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centred = x - np.nanmean(x, axis=0)
+        sd = np.sqrt(np.nanmean(centred**2, axis=0))
+        skew = np.nanmean(centred**3, axis=0) / np.where(sd > 0, sd, np.inf) ** 3
+    return np.nan_to_num(skew, nan=0.0)
 
 
 def _corr(x: np.ndarray) -> np.ndarray:
@@ -118,6 +134,29 @@ class FoldPreprocessor:
 
     def _flags(self, group: str) -> list[str]:
         return list(self.spec.get("flags", {}).get(group, []))
+
+    def _fit_log(self, x: np.ndarray) -> np.ndarray:
+        """Per-column floor for log-transformed columns (NaN = not transformed), from the
+        given rows: positive, right-skewed columns; the floor (half the smallest training
+        value) keeps unseen zero or negative values finite."""
+        floor = np.full(x.shape[1], np.nan)
+        if self.settings.log_skew <= 0 or x.shape[1] == 0:
+            return floor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lowest = np.nanmin(x, axis=0)
+        chosen = (lowest > 0) & (_skewness(x) > self.settings.log_skew)
+        floor[chosen] = lowest[chosen] / 2.0
+        return floor
+
+    @staticmethod
+    def _apply_log(x: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        cols = ~np.isnan(floor)
+        if not cols.any():
+            return x
+        x = x.copy()
+        x[:, cols] = np.log(np.maximum(x[:, cols], floor[cols]))  # NaN stays NaN
+        return x
 
     def _fit_scaler(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fill, centre, scale) of columns of x (n, d) with NaNs, from the given rows."""
@@ -206,10 +245,12 @@ class FoldPreprocessor:
         self.fill_: dict[str, np.ndarray] = {}
         self.centre_: dict[str, np.ndarray] = {}
         self.scale_: dict[str, np.ndarray] = {}
+        self.log_floor_: dict[str, np.ndarray] = {}
         for group in GROUPS:
             if group in RADIOMICS:
                 names = self._numeric(group)
                 x = train_df[names].to_numpy(dtype=float) if names else np.zeros((len(y), 0))
+                x = self._apply_log(x, self._fit_log(x))
                 fill, _, _ = self._fit_scaler(x)
                 xf = np.where(np.isnan(x), fill, x)
                 k = self.settings.n_tumour if group == "radiomics_tumour" else self.settings.n_node
@@ -218,6 +259,8 @@ class FoldPreprocessor:
                 cols = self._numeric(group)
             x = train_df[cols].to_numpy(dtype=float) if cols else np.zeros((len(y), 0))
             self.columns_[group] = cols
+            self.log_floor_[group] = self._fit_log(x)
+            x = self._apply_log(x, self.log_floor_[group])
             self.fill_[group], self.centre_[group], self.scale_[group] = self._fit_scaler(x)
             self.levels_[group] = self._categorical(group)
         self.feature_names_out_ = {
@@ -237,6 +280,7 @@ class FoldPreprocessor:
         for group in GROUPS:
             cols = self.columns_[group]
             x = df[cols].to_numpy(dtype=float) if cols else np.zeros((len(df), 0))
+            x = self._apply_log(x, self.log_floor_[group])
             x = np.where(np.isnan(x), self.fill_[group], x)
             parts = [(x - self.centre_[group]) / self.scale_[group]]
             for col, levels in self.levels_[group].items():
