@@ -153,13 +153,14 @@ def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str
     if not model.cfg.freeze_backbone and features is None:
         return None
     stored = check_feature_cache(features, model.cfg, cfg.seed)
+    assert features is not None  # check_feature_cache refuses None
     if not all("tumour_fmap" in s.patches for s in splits.values()):
         raise ConfigError("frozen-backbone training reads cached feature maps, but the "
                           "splits serve image patches",
                           fix="load the splits with load_fold(..., features=FOLDER)")
     warn_random_backbone(model.cfg)
-    load_frozen_backbone(model, features, device)  # type: ignore[arg-type]
-    return {"path": str(Path(features).resolve()),  # type: ignore[arg-type]
+    load_frozen_backbone(model, features, device)
+    return {"path": str(Path(features).resolve()),
             "model": stored["model"], "patch_cache": stored["patch_cache"]}
 
 
