@@ -1,16 +1,23 @@
-"""`mmfusion train cache|fold`: the patch cache, and one variant trained on one fold."""
+"""`mmfusion train cache|features|fold`: the patch cache, the frozen backbone's feature
+cache, and one variant trained on one fold."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from mmfusion.settings import parse_settings_json as section_json
+
+if TYPE_CHECKING:
+    from mmfusion.model.mmfusion import ModelConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="patch cache; train/evaluate a variant on a fold",
                               description="Train stage: `cache` stacks every patient's "
-                              "patches.npz into memory-mapped arrays; `fold` trains one "
+                              "patches.npz into memory-mapped arrays; `features` runs a "
+                              "frozen (pretrained) backbone once over them "
+                              "(model.freeze_backbone); `fold` trains one "
                               "variant (base1, base2, base3, mmfusion, logreg, gbm) on one "
                               "fold and scores its test split once.")
     sub = p.add_subparsers(dest="train_command", metavar="ACTION", required=True)
@@ -21,11 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="cache folder")
     c.set_defaults(func=run_cache)
 
+    e = sub.add_parser("features", help="frozen backbone's feature maps of every patient",
+                       description="Run the backbone (pretrained weights of model.pretrained, "
+                       "else a random one seeded by train.seed) once, in eval mode, over "
+                       "every patient's un-augmented patches; `train fold --features` then "
+                       "trains everything but the backbone on these maps. Reuses OUT when "
+                       "its settings match.")
+    e.add_argument("--cache", required=True, help="patch cache folder (`train cache`)")
+    e.add_argument("--model-settings", default="{}", help="the `model` section as JSON")
+    e.add_argument("--train-settings", default="{}",
+                   help="the `train` section as JSON (seed, device, batch_size, progress)")
+    e.add_argument("--out", required=True, help="feature cache folder")
+    e.set_defaults(func=run_features)
+
     f = sub.add_parser("fold", help="train one variant on one fold")
     f.add_argument("--table", required=True, help="cohort table.tsv")
     f.add_argument("--spec", required=True, help="cohort feature_spec.json")
     f.add_argument("--folds", required=True, help="cohort folds.tsv")
     f.add_argument("--cache", help="patch cache folder (deep variants)")
+    f.add_argument("--features", help="feature cache folder (`train features`; required "
+                   "with model.freeze_backbone, which then trains on it)")
     f.add_argument("--fold", type=int, required=True)
     f.add_argument("--variant", required=True)
     f.add_argument("--model-settings", default="{}", help="the `model` section as JSON")
@@ -35,8 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="output folder models/{variant}/fold{k}")
     f.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
     f.set_defaults(func=run_fold)
-
-
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -53,6 +73,28 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_config(text: str, variant: str | None = None) -> ModelConfig:
+    """The `model` section given as JSON (with the variant of this run)."""
+    from mmfusion.model.mmfusion import ModelConfig
+
+    section = section_json(text, "--model-settings")
+    return ModelConfig.from_dict({**section, **({"variant": variant} if variant else {})})
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from mmfusion.train.features import build_feature_cache
+    from mmfusion.train.loop import TrainConfig, resolve_device
+
+    model_cfg = _model_config(args.model_settings)
+    train_cfg = TrainConfig.from_dict(section_json(args.train_settings, "--train-settings"))
+    out = build_feature_cache(args.cache, model_cfg, train_cfg.seed, args.out,
+                              batch_size=train_cfg.batch_size,
+                              device=resolve_device(train_cfg.device),
+                              progress=train_cfg.progress)
+    print(f"train features: {out}")
+    return 0
+
+
 def run_fold(args: argparse.Namespace) -> int:
     from mmfusion.errors import ConfigError
     from mmfusion.model.baselines import BASELINES
@@ -65,19 +107,33 @@ def run_fold(args: argparse.Namespace) -> int:
         m = run_baseline_fold(args.variant, args.table, args.spec, args.folds, args.fold,
                               preprocess, args.out, seed=int(train_section.get("seed", 0)))
     else:
-        from mmfusion.model.mmfusion import ModelConfig
         from mmfusion.train.fold import load_fold
         from mmfusion.train.loop import TrainConfig, fit_fold
 
-        if not args.cache:
-            raise ConfigError("deep variants need --cache", fix="run `mmfusion train cache`")
-        model_cfg = ModelConfig.from_dict({**section_json(args.model_settings, "--model-settings"),
-                                           "variant": args.variant})
+        model_cfg = _model_config(args.model_settings, args.variant)
         train_cfg = TrainConfig.from_dict(train_section)
-        splits = load_fold(args.table, args.spec, args.folds, args.cache, args.fold, preprocess)
+        if model_cfg.freeze_backbone or args.features:
+            _check_features(args.features, args.cache, model_cfg, train_cfg.seed)
+        elif not args.cache:
+            raise ConfigError("deep variants need --cache", fix="run `mmfusion train cache`")
+        splits = load_fold(args.table, args.spec, args.folds, args.cache, args.fold, preprocess,
+                           features=args.features)
         m = fit_fold(model_cfg, train_cfg, splits, args.out, args.fold,
-                     resume=not args.no_resume)
+                     resume=not args.no_resume, features=args.features)
     t = m["test"]
     print(f"train {args.variant} fold {args.fold}: test auc {t['auc']:.3f} "
           f"accuracy {t['accuracy']:.3f} f1 {t['f1']:.3f}")
     return 0
+
+
+def _check_features(features: str | None, cache: str | None, model_cfg: ModelConfig,
+                    seed: int) -> None:
+    """Fail before loading anything when the feature cache is missing, built with other
+    backbone settings, or from another (older) patch cache than `--cache`."""
+    from mmfusion.errors import ConfigError
+    from mmfusion.train.features import BUILD_HINT, check_feature_cache, patch_cache_fingerprint
+
+    stored = check_feature_cache(features, model_cfg, seed)
+    if cache and stored.get("patch_cache") != patch_cache_fingerprint(cache):
+        raise ConfigError("the feature cache was built from another (or an older) patch "
+                          f"cache than {cache}", path=features, fix=BUILD_HINT)

@@ -68,6 +68,8 @@ class ModelConfig:
     probability: str = "card"  # diffusion sample -> probability: card | difference
     diffusion_target: str = "noise"  # network predicts noise (CARD, eq. 6) | y0
     node_count: bool = True  # append the 3 node-present flags (node count) to the node image
+    # train on cached maps of a fixed (pretrained) backbone (mmfusion/train/features.py)
+    freeze_backbone: bool = False
 
 
     def __post_init__(self) -> None:

@@ -86,9 +86,12 @@ def open_patch_cache(cache_dir: str | os.PathLike[str]) -> tuple[list[str], dict
 class SplitData:
     """One split's patients.
 
-    `patches` (kind -> `(M, D, H, W)`) and `node_present` `(M, 3)` are the whole cache
-    (memory-mapped or in memory); `cache_rows` `(N,)` are this split's rows in it. Tabular
-    group arrays `(N, w)` and labels `(N,)` are in split order.
+    `patches` and `node_present` `(M, 3)` are the whole cache (memory-mapped or in memory);
+    `cache_rows` `(N,)` are this split's rows in it. `patches` maps each key it serves to an
+    array: patch kinds (`tumour`, `node1`..) `(M, D, H, W)` from the patch cache, or, in
+    frozen-backbone mode, `{kind}_fmap` `(M, C, d, h, w)` from the feature cache
+    (`mmfusion.train.features`). Tabular group arrays `(N, w)` and labels `(N,)` are in
+    split order.
     """
 
     patient_ids: list[str]
@@ -109,9 +112,9 @@ class SplitData:
         back = np.argsort(order)
         sorted_rows = cache_rows[order]
         out: dict[str, torch.Tensor] = {}
-        for kind in PATCH_KINDS:
-            block = np.asarray(self.patches[kind][sorted_rows], dtype=np.float32)[back]
-            out[kind] = torch.from_numpy(block).unsqueeze(1).to(device)
+        for key, arr in self.patches.items():
+            block = torch.from_numpy(np.asarray(arr[sorted_rows], dtype=np.float32)[back])
+            out[key] = (block.unsqueeze(1) if key in PATCH_KINDS else block).to(device)
         out["node_present"] = torch.from_numpy(
             np.asarray(self.node_present[cache_rows], dtype=np.uint8)).to(device)
         for group, arr in self.tables.items():

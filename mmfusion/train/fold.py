@@ -1,6 +1,7 @@
 """One fold from the cohort files: in-fold preprocessing, then a deep variant or a baseline.
 
-Reads `cohort/table.tsv`, `feature_spec.json`, `folds.tsv` and the patch cache; fits
+Reads `cohort/table.tsv`, `feature_spec.json`, `folds.tsv` and the patch cache (or, with
+a frozen backbone, the feature cache of `mmfusion.train.features`); fits
 `FoldPreprocessor` on the fold's training rows only and transforms train/val/test.
 """
 
@@ -15,9 +16,11 @@ import numpy as np
 
 from mmfusion.cohort.merge import read_cohort_table
 from mmfusion.cohort.preprocess import FoldPreprocessor, fold_frames
+from mmfusion.errors import ConfigError
 from mmfusion.io import write_text_atomic
 from mmfusion.model.baselines import fit_predict_baseline
 from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
+from mmfusion.train.features import open_feature_cache
 from mmfusion.train.metrics import binary_metrics, json_safe, youden_threshold
 
 SPLITS = ("train", "val", "test")
@@ -41,11 +44,19 @@ def load_fold_tables(table_tsv: str | Path, spec_json: str | Path, folds_tsv: st
 
 
 def load_fold(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Path,
-              cache_dir: str | Path, fold: int, preprocess: Mapping[str, Any] | None
-              ) -> dict[str, SplitData]:
-    """`SplitData` for train/val/test of `fold`, patches memory-mapped from the cache."""
+              cache_dir: str | Path | None, fold: int, preprocess: Mapping[str, Any] | None,
+              features: str | Path | None = None) -> dict[str, SplitData]:
+    """`SplitData` for train/val/test of `fold`, patches memory-mapped from the cache, or
+    (frozen-backbone mode, `features` given) the backbone feature maps from that feature
+    cache, which then replaces the patch cache."""
     ids, tables, labels = load_fold_tables(table_tsv, spec_json, folds_tsv, fold, preprocess)
-    cache_ids, arrays = open_patch_cache(cache_dir)
+    if features is not None:
+        cache_ids, arrays = open_feature_cache(features)
+    elif cache_dir is not None:
+        cache_ids, arrays = open_patch_cache(cache_dir)
+    else:
+        raise ConfigError("deep variants need the patch cache or the feature cache",
+                          fix="pass --cache (or --features with model.freeze_backbone)")
     patches = {k: v for k, v in arrays.items() if k != "node_present"}
     return {s: SplitData(ids[s], patches, arrays["node_present"], tables[s], labels[s],
                          select_rows(cache_ids, ids[s])) for s in SPLITS}

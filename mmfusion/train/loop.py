@@ -32,6 +32,7 @@ from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.settings import checked_section
 from mmfusion.train.augment import AugmentSettings, augment
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
+from mmfusion.train.features import check_feature_cache, load_frozen_backbone, warn_random_backbone
 from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
 
 CHECKPOINT_VERSION = 1
@@ -174,13 +175,43 @@ def _extra_diffusion_updates(model: MMFusionModel, batch: Mapping[str, torch.Ten
         optimizer.step()
 
 
+def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str, SplitData],
+                     features: str | Path | None, device: torch.device) -> dict[str, Any] | None:
+    """Frozen-backbone mode (`model.freeze_backbone`): check the feature cache, give the
+    model its backbone weights, frozen (no gradients, eval mode). Returns what the
+    checkpoints record about the cache, or None when the backbone trains."""
+    if not model.cfg.freeze_backbone and features is None:
+        return None
+    stored = check_feature_cache(features, model.cfg, cfg.seed)
+    assert features is not None  # check_feature_cache refuses None
+    if not all("tumour_fmap" in s.patches for s in splits.values()):
+        raise ConfigError("frozen-backbone training reads cached feature maps, but the "
+                          "splits serve image patches",
+                          fix="load the splits with load_fold(..., features=FOLDER)")
+    warn_random_backbone(model.cfg)
+    load_frozen_backbone(model, features, device)
+    return {"path": str(Path(features).resolve()),
+            "model": stored["model"], "patch_cache": stored["patch_cache"]}
+
+
+def _train_mode(model: MMFusionModel) -> None:
+    """Training mode, except a frozen backbone (its BatchNorm statistics stay fixed)."""
+    model.train()
+    if model.cfg.freeze_backbone:
+        model.backbones.eval()
+
+
 def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, SplitData],
-             out_dir: str | Path, fold: int = 0, resume: bool = True) -> dict[str, Any]:
+             out_dir: str | Path, fold: int = 0, resume: bool = True,
+             features: str | Path | None = None) -> dict[str, Any]:
     """Train `model_cfg.variant` on `splits['train']`, select on `val`, score `test` once.
 
-    Writes to `out_dir`: `last.pt` (resumable state), `model.pt` (chosen checkpoint),
-    `train_log.csv`, `val_predictions.csv`, `predictions.csv`, `metrics.json`.
-    Returns the metrics dictionary.
+    With `model_cfg.freeze_backbone`, `features` is the feature cache
+    (`mmfusion.train.features`) the splits were loaded from: the backbone takes its weights
+    and is not trained, and images are not augmented (the maps are of the raw patches).
+    Writes to `out_dir`: `last.pt` (resumable state), `model.pt` (chosen checkpoint, the
+    whole model, backbone included), `train_log.csv`, `val_predictions.csv`,
+    `predictions.csv`, `metrics.json`. Returns the metrics dictionary.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +227,9 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = MMFusionModel(model_cfg, widths).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    frozen = _freeze_backbone(model, cfg, splits, features, device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg.restart_epoch, eta_min=cfg.min_lr)
     diff_opt = (torch.optim.Adam(model.cfd.noise_net.parameters(),
@@ -207,6 +240,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     scored = ema.model if ema is not None else model  # the weights validated and saved
     settings = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
                 "tabular_widths": widths, "fold": fold}
+    if frozen is not None:
+        settings["features"] = frozen
     start_epoch, best, best_epoch, log = 0, None, -1, []
 
     last = out / "last.pt"
@@ -231,7 +266,7 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
                initial=start_epoch, total=cfg.epochs, disable=not cfg.progress, leave=False)
     for epoch in bar:
         phase = "warmup" if uses_diffusion and epoch < cfg.warmup_epochs else "joint"
-        model.train()
+        _train_mode(model)
         sums: dict[str, float] = {}
         n_seen = correct = 0
         t_data = t_step = 0.0
@@ -240,7 +275,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
             t1 = time.perf_counter()
             t_data += t1 - t0
             for kind in PATCH_KINDS:
-                batch[kind] = augment(batch[kind], cfg.augment, gen)
+                if kind in batch:  # absent with cached feature maps (frozen backbone)
+                    batch[kind] = augment(batch[kind], cfg.augment, gen)
             outputs = model(batch)
             terms = model.loss(batch, outputs, phase)
             optimizer.zero_grad(set_to_none=True)

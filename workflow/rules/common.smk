@@ -69,6 +69,16 @@ def converted_status_files(wildcards):
     return [f"{RESULTS}/patients/{p}/convert_status.json" for p in patients_from_index(index)]
 
 
+# ---- train input functions
+
+FEATURE_CACHE = f"{RESULTS}/cache/features"
+
+
+def frozen_feature_cache(wildcards):
+    """The backbone feature cache train_fold reads when model.freeze_backbone; else none."""
+    return FEATURE_CACHE if config["model"].get("freeze_backbone") else []
+
+
 # ---- report input functions
 
 

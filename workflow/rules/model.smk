@@ -1,6 +1,8 @@
 # Train and evaluate every variant on every fold (mmfusion/train/, mmfusion/model/).
-# Deep variants read a memory-mapped patch cache built once per cohort table.
+# Deep variants read a memory-mapped patch cache built once per cohort table; with
+# model.freeze_backbone they read the backbone's feature maps, computed once from it.
 import json
+import shlex
 
 MODEL_SETTINGS = json.dumps({k: v for k, v in config["model"].items() if k != "variants"})
 TRAIN_SETTINGS = json.dumps(config["train"])
@@ -10,6 +12,8 @@ BASELINE_VARIANTS = [v for v in config["model"]["variants"] if v in ("logreg", "
 FOLDS = list(range(config["folds"]["n_folds"]))
 MODEL_DIR = f"{RESULTS}/models/{{variant}}/fold{{fold}}"
 TRAIN_GPUS = 1 if config["train"].get("device") == "cuda" else 0
+FEATURES_OPTION = (f"--features {shlex.quote(FEATURE_CACHE)}"
+                   if config["model"].get("freeze_backbone") else "")
 
 converted_patches = PatientOutputs(checkpoints, RESULTS, "patches.npz")
 
@@ -33,12 +37,37 @@ rule cache_patches:
         " --out {output.cache:q} > {log:q} 2>&1"
 
 
+rule cache_features:
+    input:
+        cache=rules.cache_patches.output.cache,
+        pretrained=config["model"].get("pretrained") or [],
+    output:
+        features=directory(FEATURE_CACHE),
+    params:
+        model=MODEL_SETTINGS,
+        train=TRAIN_SETTINGS,
+    log:
+        f"{RESULTS}/logs/cache_features.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cache_features.tsv"
+    resources:
+        mem_mb=8000,
+        gpu=TRAIN_GPUS,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m mmfusion train features --cache {input.cache:q}"
+        " --model-settings {params.model:q} --train-settings {params.train:q}"
+        " --out {output.features:q} > {log:q} 2>&1"
+
+
 rule train_fold:
     input:
         table=f"{RESULTS}/cohort/table.tsv",
         spec=f"{RESULTS}/cohort/feature_spec.json",
         folds=f"{RESULTS}/cohort/folds.tsv",
         cache=rules.cache_patches.output.cache,
+        features=frozen_feature_cache,
     output:
         predictions=f"{MODEL_DIR}/predictions.csv",
         metrics=f"{MODEL_DIR}/metrics.json",
@@ -49,6 +78,7 @@ rule train_fold:
         train=TRAIN_SETTINGS,
         preprocess=PREPROCESS_SETTINGS,
         out=MODEL_DIR,
+        features=FEATURES_OPTION,
     log:
         f"{RESULTS}/logs/train_fold/{{variant}}_fold{{fold}}.log",
     benchmark:
@@ -60,7 +90,8 @@ rule train_fold:
         "../../envs/train.yaml"
     shell:
         "python -m mmfusion train fold --table {input.table:q} --spec {input.spec:q}"
-        " --folds {input.folds:q} --cache {input.cache:q} --fold {wildcards.fold}"
+        " --folds {input.folds:q} --cache {input.cache:q} {params.features}"
+        " --fold {wildcards.fold}"
         " --variant {wildcards.variant} --model-settings {params.model:q}"
         " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
         " --out {params.out:q} > {log:q} 2>&1"
