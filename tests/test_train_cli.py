@@ -47,7 +47,7 @@ def write_cohort(root, n: int = 18):
 
 
 def test_cache_then_fold_deep_and_baseline(tmp_path):
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     ids = write_cohort(tmp_path)
     assert main(["train", "cache", "--table", str(tmp_path / "table.tsv"),
                  "--patients-dir", str(tmp_path / "patients"),
@@ -64,7 +64,9 @@ def test_cache_then_fold_deep_and_baseline(tmp_path):
     out = tmp_path / "models" / "mmfusion" / "fold0"
     assert main(["train", "fold", *common, "--cache", str(tmp_path / "cache"),
                  "--variant", "mmfusion", "--model-settings", json.dumps(model),
-                 "--train-settings", json.dumps(train), "--out", str(out)]) == 0
+                 "--train-settings", json.dumps(train), "--out", str(out),
+                 "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1  # the workflow's per-job thread count is applied
     pred = pd.read_csv(out / "predictions.csv")
     assert pred["patient_id"].tolist() == ids[14:]
     assert json.loads((out / "metrics.json").read_text())["settings"]["tabular_widths"] == {

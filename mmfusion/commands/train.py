@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--train-settings", default="{}",
                    help="the `train` section as JSON (seed, device, batch_size, progress)")
     e.add_argument("--out", required=True, help="feature cache folder")
+    e.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default: all cores)")
     e.set_defaults(func=run_features)
 
     f = sub.add_parser("fold", help="train one variant on one fold")
@@ -56,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the `preprocess` section as JSON")
     f.add_argument("--out", required=True, help="output folder models/{variant}/fold{k}")
     f.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
+    f.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default: all cores); the "
+                   "workflow passes the rule's threads so parallel jobs do not oversubscribe")
     f.set_defaults(func=run_fold)
 
 
@@ -81,7 +86,15 @@ def _model_config(text: str, variant: str | None = None) -> ModelConfig:
     return ModelConfig.from_dict({**section, **({"variant": variant} if variant else {})})
 
 
+def _set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def run_features(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
     from mmfusion.train.features import build_feature_cache
     from mmfusion.train.loop import TrainConfig, resolve_device
 
@@ -96,6 +109,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_fold(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
     from mmfusion.errors import ConfigError
     from mmfusion.model.baselines import BASELINES
 

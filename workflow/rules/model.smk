@@ -46,6 +46,7 @@ rule cache_features:
     params:
         model=MODEL_SETTINGS,
         train=TRAIN_SETTINGS,
+    threads: 2
     log:
         f"{RESULTS}/logs/cache_features.log",
     benchmark:
@@ -58,7 +59,7 @@ rule cache_features:
     shell:
         "python -m mmfusion train features --cache {input.cache:q}"
         " --model-settings {params.model:q} --train-settings {params.train:q}"
-        " --out {output.features:q} > {log:q} 2>&1"
+        " --out {output.features:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_fold:
@@ -79,6 +80,9 @@ rule train_fold:
         preprocess=PREPROCESS_SETTINGS,
         out=MODEL_DIR,
         features=FEATURES_OPTION,
+    # one torch thread per job: on CPU, parallel jobs beat threads on these small
+    # networks; raise with `--set-threads train_fold=N` (e.g. one job per GPU)
+    threads: 1
     log:
         f"{RESULTS}/logs/train_fold/{{variant}}_fold{{fold}}.log",
     benchmark:
@@ -94,7 +98,7 @@ rule train_fold:
         " --fold {wildcards.fold}"
         " --variant {wildcards.variant} --model-settings {params.model:q}"
         " --train-settings {params.train:q} --preprocess-settings {params.preprocess:q}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_baseline:
