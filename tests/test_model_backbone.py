@@ -130,3 +130,21 @@ def test_stem_gradient_is_finite_and_exact_on_small_patches():
         y = model.layer4(model.layer3(model.layer2(model.layer1(y))))
         ref = torch.autograd.grad(y.mean(dim=(2, 3, 4)).sum(), model.conv1.weight)[0]
     assert torch.allclose(grad, ref)
+
+
+@pytest.mark.parametrize("size", [(5, 9, 9), (6, 10, 10), (7, 11, 11), (8, 24, 24),
+                                  (20, 48, 48)])
+def test_stem_weight_gradient_matches_float64_reference(size):
+    """The float32 stem weight gradient (a forward conv) equals ATen's native float64 one."""
+    torch.manual_seed(0)
+    model = ResNet3D(10, base_width=4)
+    x = torch.randn(3, 1, *size)
+    out = model._stem_conv(x)
+    g = torch.randn_like(out)
+    grad = torch.autograd.grad(out, model.conv1.weight, g)[0]
+    with torch.backends.mkldnn.flags(enabled=False):
+        ref = torch.ops.aten.convolution_backward(
+            g.double(), x.double(), model.conv1.weight.double(), None, [2, 2, 2], [3, 3, 3],
+            [1, 1, 1], False, [0, 0, 0], 1, [False, True, False])[1]
+    assert torch.isfinite(grad).all()
+    assert torch.allclose(grad.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

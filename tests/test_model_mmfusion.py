@@ -94,3 +94,27 @@ def test_config_rejects_unknown_keys_and_variants():
         ModelConfig(variant="base4")
     cfg = ModelConfig.from_dict({"variant": "base2", "depth": 18})
     assert dataclasses.asdict(cfg)["depth"] == 18
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_node_slots_of_equal_size_share_a_backbone_call_only_in_eval(train):
+    """Eval: node2+node3 in one call equal separate calls. Train: separate calls (per-slot
+    BatchNorm statistics), as before."""
+    model = make("base3", shared_backbone=True).train(train)
+    batch = make_batch()
+    batch["node3"] = torch.randn(3, 1, 6, 10, 10)  # same size as node2
+    batch["node_present"] = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=torch.uint8)
+    backbone = model.backbones["shared"]
+    calls = []
+    handle = backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        fmaps = model.encode_images(batch)
+    handle.remove()
+    assert calls == ([3, 3, 2, 2] if train else [3, 3, 4])
+    present = batch["node_present"].bool()
+    for k, key in enumerate(("node1", "node2", "node3")):
+        rows = present[:, k]
+        with torch.no_grad():
+            alone = backbone(batch[key][rows])[0]
+        assert torch.allclose(fmaps[f"{key}_fmap"][rows], alone, atol=1e-5)
+        assert (fmaps[f"{key}_fmap"][~rows] == 0).all()

@@ -86,3 +86,22 @@ def test_masked_softmax_rows():
     p = masked_softmax(scores, keep)
     assert torch.allclose(p[0].sum(), torch.tensor(1.0)) and p[0, 1] == 0
     assert torch.equal(p[1], torch.zeros(4))
+
+
+def test_masked_softmax_equals_reference_with_gradients():
+    """Equal (values and gradients) to the plain -inf-fill formulation; None = keep all."""
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 5, 6, requires_grad=True)
+    keep = torch.rand(2, 3, 5, 6) > 0.5
+    keep[0, 0, 1] = False  # a row with nothing kept
+    any_kept = keep.any(-1, keepdim=True)
+    ref = torch.softmax(scores.masked_fill(~keep, float("-inf")).masked_fill(~any_kept, 0.0),
+                        -1).masked_fill(~keep, 0.0) * any_kept
+    w = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), scores)
+    out = masked_softmax(scores, keep)
+    (g_out,) = torch.autograd.grad((out * w).sum(), scores)
+    assert torch.allclose(out, ref) and torch.allclose(g_out, g_ref)
+    assert torch.equal(out[0, 0, 1], torch.zeros(6))
+    full = torch.ones_like(keep)
+    assert torch.allclose(masked_softmax(scores, None), masked_softmax(scores, full))

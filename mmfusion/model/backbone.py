@@ -50,13 +50,31 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(out, (0, 0, 0, 0, 0, 0, 0, self.out_planes - out.shape[1]))
 
 
+def conv3d_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: tuple[int, ...],
+                       stride: tuple[int, ...], padding: tuple[int, ...]) -> torch.Tensor:
+    """Weight gradient of a bias-free, undilated, ungrouped conv3d, as one forward conv3d.
+
+    dL/dW[o, i, k] = Σ_{b, p} g[b, o, p] · x_pad[b, i, stride·p + k]: a correlation of the
+    padded input (batch and channels swapped) with the output gradient used as the kernel,
+    dilated by the stride. It runs on the (correct, fast) forward convolution, about 4× faster
+    than ATen's native vol2col backward for the 7×7×7 stem.
+    """
+    pd, ph, pw = padding
+    xp = F.pad(x, (pw, pw, ph, ph, pd, pd)).transpose(0, 1)  # (C_in, B, D', H', W')
+    corr = F.conv3d(xp, grad_out.transpose(0, 1), None, 1, 0, stride)  # (C_in, C_out, >=k)
+    kd, kh, kw = kernel
+    return corr[:, :, :kd, :kh, :kw].transpose(0, 1).contiguous()
+
+
 class _NativeBackwardConv3d(torch.autograd.Function):
-    """Bias-free conv3d whose backward runs on ATen's native CPU kernel, not oneDNN.
+    """Bias-free conv3d whose backward avoids oneDNN's convolution backward kernels.
 
     oneDNN (mkldnn) in torch 2.2.1 computes the weight gradient of the 7×7×7 stride-2 stem
     conv with 1–2 input channels wrongly for some small inputs (NaNs, even heap corruption;
     seen with 5×9×9, 6×10×10 and 7×11×11 patches). The forward stays on oneDNN (correct and
-    fast); only the backward avoids it. The backend is chosen when backward runs, hence a
+    fast). In the backward the weight gradient is a forward convolution
+    (`conv3d_weight_grad`); the input gradient, rarely needed (images do not require grad),
+    runs on ATen's native CPU kernel. The backend is chosen when backward runs, hence a
     Function rather than a flag around the forward.
     """
 
@@ -70,10 +88,14 @@ class _NativeBackwardConv3d(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         stride, padding = ctx.conf
-        with torch.backends.mkldnn.flags(enabled=False):
-            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad_out.contiguous(), x, weight, None, stride, padding, [1, 1, 1], False,
-                [0, 0, 0], 1, [ctx.needs_input_grad[0], True, False])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            with torch.backends.mkldnn.flags(enabled=False):
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad_out.contiguous(), x, weight, None, stride, padding, [1, 1, 1], False,
+                    [0, 0, 0], 1, [True, False, False])[0]
+        grad_w = conv3d_weight_grad(x, grad_out, tuple(weight.shape[2:]), tuple(stride),
+                                    tuple(padding))
         return grad_x, grad_w, None, None
 
 
@@ -161,6 +183,10 @@ class ResNet3D(nn.Module):
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # channels-last (NDHWC) weights and inputs: oneDNN's 3D convolutions, pooling and
+        # batch norm avoid layout reorders on every call (about 12 % less backbone time on
+        # CPU at the demo shapes); numerically the same convolutions.
+        self.to(memory_format=torch.channels_last_3d)
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
                     stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -198,6 +224,7 @@ class ResNet3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, C_in, D, H, W)` -> feature map `(B, C, d, h, w)`, pooled `(B, C)`."""
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.maxpool(self.relu(self.bn1(self._stem_conv(x))))
         fmap = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return fmap, fmap.mean(dim=(2, 3, 4))

@@ -155,18 +155,39 @@ class MMFusionModel(nn.Module):
 
         Absent nodes are not run through the backbone (their maps are zeros), so their
         content and count never change another patient's result or the BN statistics.
+        Node slots with the same backbone and patch size (node2 and node3 at the usual
+        sizes, shared backbone) go through one backbone call when that backbone is in eval
+        mode, where a patch's result does not depend on the rest of its batch. In training
+        mode each slot keeps its own call, so BatchNorm's batch statistics stay per slot.
         """
         out = {"tumour_fmap": self.backbone_for("tumour")(batch["tumour"])[0]}
         present = batch["node_present"].bool()
+        groups: list[list[int]] = []  # node slots that share one backbone call
         for k, key in enumerate(NODE_KEYS):
-            patches = batch[key]
             backbone = self.backbone_for(key)
-            size = ResNet3D.feature_size(tuple(patches.shape[2:]))
-            fmap = patches.new_zeros((patches.shape[0], backbone.out_channels, *size))
-            rows = present[:, k].nonzero(as_tuple=True)[0]
-            if rows.numel():
-                fmap = fmap.index_copy(0, rows, backbone(patches[rows])[0])
-            out[f"{key}_fmap"] = fmap
+            for group in groups:
+                first = NODE_KEYS[group[0]]
+                if (not backbone.training and backbone is self.backbone_for(first)
+                        and batch[key].shape[1:] == batch[first].shape[1:]):
+                    group.append(k)
+                    break
+            else:
+                groups.append([k])
+        for group in groups:
+            backbone = self.backbone_for(NODE_KEYS[group[0]])
+            rows = [present[:, k].nonzero(as_tuple=True)[0] for k in group]
+            patches = torch.cat([batch[NODE_KEYS[k]][r] for k, r in zip(group, rows, strict=True)])
+            maps = backbone(patches)[0] if patches.shape[0] else None
+            offset = 0
+            for k, r in zip(group, rows, strict=True):
+                key = NODE_KEYS[k]
+                size = ResNet3D.feature_size(tuple(batch[key].shape[2:]))
+                fmap = batch[key].new_zeros((batch[key].shape[0], backbone.out_channels, *size))
+                if r.numel():
+                    assert maps is not None
+                    fmap = fmap.index_copy(0, r, maps[offset : offset + r.numel()])
+                    offset += r.numel()
+                out[f"{key}_fmap"] = fmap
         return out
 
     def image_embeddings(self, fmaps: Mapping[str, torch.Tensor], present: torch.Tensor

@@ -26,17 +26,22 @@ import torch
 from torch import nn
 
 
-def masked_softmax(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def masked_softmax(scores: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the last dim restricted to `keep`; rows with nothing kept give zeros.
 
     Args:
         scores: `(..., Lq, Lk)` relation matrix.
-        keep: bool, broadcastable to `scores`; False entries get zero weight.
+        keep: bool, broadcastable to `scores`; False entries get zero weight. None: keep
+            everything (a plain softmax).
     """
-    scores = scores.masked_fill(~keep, float("-inf"))
+    if keep is None:
+        return torch.softmax(scores, dim=-1)
+    drop = ~keep
     any_kept = keep.any(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(~any_kept, 0.0), dim=-1)
-    return probs.masked_fill(~keep, 0.0) * any_kept
+    # rows with something kept: exp(-inf) is exactly 0 at the dropped entries; rows with
+    # nothing kept get finite scores (so no NaN) and are zeroed by `any_kept`
+    scores = scores.masked_fill(drop & any_kept, float("-inf"))
+    return torch.softmax(scores, dim=-1) * any_kept
 
 
 class RelationAttention(nn.Module):
@@ -67,16 +72,18 @@ class RelationAttention(nn.Module):
         k, v = self._split(k), self._split(v)
         return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), v
 
-    def attend(self, rel: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """softmax(R) V with entries outside `keep` removed; heads merged -> `(B, Lq, d)`."""
+    def attend(self, rel: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None
+               ) -> torch.Tensor:
+        """softmax(R) V with entries outside `keep` (None: none) removed -> `(B, Lq, d)`."""
         out = masked_softmax(rel, keep) @ v
         b, h, n, dh = out.shape
         return self.out(out.transpose(1, 2).reshape(b, n, h * dh))
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor
+    def forward(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None
                 ) -> torch.Tensor:
+        """`key_valid` None: every key is valid (no masking work at all)."""
         rel, v = self.relation(query, key)
-        return self.attend(rel, v, key_valid[:, None, None, :])
+        return self.attend(rel, v, None if key_valid is None else key_valid[:, None, None, :])
 
 
 @dataclass
@@ -134,15 +141,19 @@ class MMRL(nn.Module):
         self.out_dim = 2 * dim
 
     def _cross(self, attn: RelationAttention, query: torch.Tensor, key: torch.Tensor,
-               key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unmasked x^cu and (training) masked x^cm cross-tissue representations."""
+               key_valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unmasked x^cu and (training) masked x^cm cross-tissue representations.
+
+        `key_valid` None: every key is valid."""
         rel, v = attn.relation(query, key)  # R_cross (B, h, Lq, Lk)
-        keep = key_valid[:, None, None, :].expand_as(rel)
+        keep = None if key_valid is None else key_valid[:, None, None, :]
         x_cu = attn.attend(rel, v, keep)
         if not self.training or self.mask_ratio == 0.0:
             return x_cu, x_cu
         random_keep = torch.rand(rel.shape, device=rel.device) >= self.mask_ratio
-        x_cm = attn.attend(rel, v, keep & random_keep)  # R_cross^M
+        if keep is not None:
+            random_keep = random_keep & keep
+        x_cm = attn.attend(rel, v, random_keep)  # R_cross^M
         return x_cu, x_cm
 
     def forward(self, tumour: torch.Tensor, node: torch.Tensor, node_valid: torch.Tensor,
@@ -153,11 +164,11 @@ class MMRL(nn.Module):
         # zero padding tokens so nothing of an absent node's content leaks anywhere
         n = n * node_valid.unsqueeze(-1).to(n.dtype)
         # intra-tissue MSA -> x^S
-        t_s = t + self.intra_t(t, t, tumour_valid)
+        t_s = t + self.intra_t(t, t, None)  # every tumour token is valid
         n_s = n + self.intra_n(n, n, node_valid)
         # cross-tissue MSA on the (masked) relation matrix -> x^cu, x^cm
         t_cu, t_cm = self._cross(self.cross_t, t_s, n_s, node_valid)
-        n_cu, n_cm = self._cross(self.cross_n, n_s, t_s, tumour_valid)
+        n_cu, n_cm = self._cross(self.cross_n, n_s, t_s, None)
         t_c = t_cm if self.training else t_cu
         n_c = n_cm if self.training else n_cu
         tumour_emb = torch.cat([t_s.mean(1), t_c.mean(1)], dim=-1)

@@ -32,35 +32,71 @@ class AugmentSettings:
     motion_shift: int = 2
 
 
-def _draw(p: float, b: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return (torch.rand(b, generator=gen) < p).to(device).view(b, 1, 1, 1, 1)
+def _rows(p: float, b: int, gen: torch.Generator | None,
+          pick: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (CPU) of the patients whose Bernoulli(p) draw hits (and `pick`, if given)."""
+    hit = torch.rand(b, generator=gen) < p
+    return (hit if pick is None else hit & pick).nonzero(as_tuple=True)[0]
+
+
+_BASIS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+
+def _bias_basis(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Order-2 polynomial basis `(9, D, H, W)` on [-1, 1]^3, cached per shape and device."""
+    key = (shape, str(device))
+    if key not in _BASIS:
+        grids = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
+        z, y, w = (g.to(device) for g in grids)
+        _BASIS[key] = torch.stack([z, y, w, z * y, z * w, y * w, z * z, y * y, w * w])
+    return _BASIS[key]
 
 
 def augment(x: torch.Tensor, s: AugmentSettings, gen: torch.Generator | None = None
             ) -> torch.Tensor:
-    """Augment a batch `(B, 1, D, H, W)`; random numbers come from CPU generator `gen`."""
+    """Augment a batch `(B, 1, D, H, W)`; random numbers come from CPU generator `gen`.
+
+    Every random number is drawn for the whole batch, in a fixed order, whatever the draws
+    pick, so results are reproducible from the generator's state; each transform then
+    computes only the rows (patients) it applies to. The input is not modified.
+    """
     b, device = x.shape[0], x.device
+    x = x.clone()
+
+    def dev(idx: torch.Tensor) -> torch.Tensor:
+        return idx.to(device)
+
     if s.flip > 0:
         axis = torch.randint(2, 5, (b,), generator=gen)
-        do = _draw(s.flip, b, gen, device)
+        do = torch.rand(b, generator=gen) < s.flip
         for dim in (2, 3, 4):
-            pick = do & (axis == dim).to(device).view(b, 1, 1, 1, 1)
-            x = torch.where(pick, x.flip(dim), x)
+            rows = (do & (axis == dim)).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                r = dev(rows)
+                x[r] = x[r].flip(dim)
     if s.noise > 0:
-        sd = (torch.rand(b, generator=gen) * s.noise_std).to(device).view(b, 1, 1, 1, 1)
-        noise = torch.randn(x.shape, generator=gen).to(device)
-        x = torch.where(_draw(s.noise, b, gen, device), x + sd * noise, x)
+        sd = torch.rand(b, generator=gen) * s.noise_std
+        noise = torch.randn(x.shape, generator=gen)
+        rows = _rows(s.noise, b, gen)
+        if rows.numel():
+            r = dev(rows)
+            x[r] = x[r] + sd[rows].to(device).view(-1, 1, 1, 1, 1) * noise[rows].to(device)
     if s.bias_field > 0:
-        grids = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in x.shape[2:]], indexing="ij")
-        z, y, w = (g.to(device) for g in grids)
-        basis = torch.stack([z, y, w, z * y, z * w, y * w, z * z, y * y, w * w])  # (9, D, H, W)
-        coef = ((torch.rand(b, 9, generator=gen) * 2 - 1) * s.bias_coefficient).to(device)
-        field = torch.exp(torch.einsum("bk,kdhw->bdhw", coef, basis)).unsqueeze(1)
-        x = torch.where(_draw(s.bias_field, b, gen, device), x * field, x)
+        coef = (torch.rand(b, 9, generator=gen) * 2 - 1) * s.bias_coefficient
+        rows = _rows(s.bias_field, b, gen)
+        if rows.numel():
+            r = dev(rows)
+            basis = _bias_basis(tuple(x.shape[2:]), device)
+            field = torch.exp(torch.einsum("bk,kdhw->bdhw", coef[rows].to(device), basis))
+            x[r] = x[r] * field.unsqueeze(1)
     if s.motion > 0 and s.motion_shift > 0:
         shift = int(torch.randint(1, s.motion_shift + 1, (1,), generator=gen))
         dim = int(torch.randint(2, 5, (1,), generator=gen))
-        alpha = (torch.rand(b, generator=gen) * 0.3).to(device).view(b, 1, 1, 1, 1)
-        ghost = (1 - alpha) * x + alpha * x.roll(shift, dims=dim)
-        x = torch.where(_draw(s.motion, b, gen, device), ghost, x)
+        alpha = torch.rand(b, generator=gen) * 0.3
+        rows = _rows(s.motion, b, gen)
+        if rows.numel():
+            r = dev(rows)
+            a = alpha[rows].to(device).view(-1, 1, 1, 1, 1)
+            xr = x[r]
+            x[r] = (1 - a) * xr + a * xr.roll(shift, dims=dim)
     return x
