@@ -57,3 +57,4 @@ bench-radiomics: $(STAMP)
 .PHONY: bench-train
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py --shapes both
+	$(BIN)/python bench/bench_frozen.py
