@@ -11,7 +11,7 @@ import pytest
 
 from mmfusion.cli import main
 from mmfusion.ids import sanitize_id
-from mmfusion.io import atomic_path
+from mmfusion.io import atomic_dir, atomic_path
 
 
 def test_pinned_stack_imports() -> None:
@@ -78,6 +78,20 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert final.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "cache"
+    with atomic_dir(final) as tmp:
+        (tmp / "a.npy").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "b.npy").write_text("half")
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temporary left behind
+    assert [p.name for p in final.iterdir()] == ["a.npy"]  # the old folder, untouched
+    with atomic_dir(final) as tmp:
+        (tmp / "c.npy").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["c.npy"]  # replaced as a whole
 
 
 def test_config_sections_refuse_unknown_keys_and_bad_json() -> None:

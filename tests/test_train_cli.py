@@ -9,31 +9,11 @@ import pandas as pd
 import torch
 
 from mmfusion.cli import main
+from tests.train_fixtures import write_tables
 
 
 def write_cohort(root, n: int = 18):
-    rng = np.random.default_rng(0)
-    ids = [f"P{i:02d}" for i in range(n)]
-    y = np.array([0, 1] * (n // 2))
-    table = pd.DataFrame({"patient_id": ids, "label": y,
-                          "age": rng.normal(60, 5, n) + 5 * y,
-                          "sex": rng.choice(["M", "F"], n),
-                          "wbc": rng.normal(7, 1, n),
-                          "gtvt_original_firstorder_Mean": rng.normal(size=n) + y,
-                          "gtvt_original_shape_Volume": rng.normal(size=n),
-                          "gtvn_original_firstorder_Mean": rng.normal(size=n),
-                          "gtvn_present": np.ones(n, int)})
-    table.to_csv(root / "table.tsv", sep="\t", index=False)
-    spec = {"groups": {"clinical": {"numeric": ["age"], "categorical": {"sex": ["M", "F"]}},
-                       "hematology": {"numeric": ["wbc"], "categorical": {}},
-                       "radiomics_tumour": ["gtvt_original_firstorder_Mean",
-                                            "gtvt_original_shape_Volume"],
-                       "radiomics_node": ["gtvn_original_firstorder_Mean"]},
-            "flags": {"radiomics_node": ["gtvn_present"]}}
-    (root / "spec.json").write_text(json.dumps(spec))
-    split = ["train"] * 10 + ["val"] * 4 + ["test"] * 4  # labels alternate: both classes
-    folds = pd.DataFrame({"patient_id": ids, "fold": 0, "split": split})
-    folds.to_csv(root / "folds.tsv", sep="\t", index=False)
+    ids, rng = write_tables(root, n, n_train=10)  # 10 train, 4 val, 4 test
     for pid in ids:
         d = root / "patients" / pid
         d.mkdir(parents=True)

@@ -27,6 +27,7 @@ from mmfusion.train.features import (
 )
 from mmfusion.train.fold import load_fold
 from mmfusion.train.loop import TrainConfig, fit_fold, predict_split
+from tests.train_fixtures import write_tables
 
 TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=8, hga_out=8,
             head_hidden=16, diffusion_hidden=8, n_samples=3, dropout=0.0,
@@ -37,36 +38,12 @@ N = 16
 PRESET = {"n_tumour": 2, "n_node": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_cohort(root: Path) -> list[str]:
     """Cohort files (table, spec, folds: 8 train, 4 val, 4 test) and per-patient patches."""
-    rng = np.random.default_rng(0)
-    ids = [f"P{i:02d}" for i in range(N)]
-    y = np.array([0, 1] * (N // 2))
-    pd.DataFrame({"patient_id": ids, "label": y, "age": rng.normal(60, 5, N) + 5 * y,
-                  "sex": rng.choice(["M", "F"], N), "wbc": rng.normal(7, 1, N),
-                  "gtvt_original_firstorder_Mean": rng.normal(size=N) + y,
-                  "gtvt_original_shape_Volume": rng.normal(size=N),
-                  "gtvn_original_firstorder_Mean": rng.normal(size=N),
-                  "gtvn_present": np.ones(N, int)}).to_csv(root / "table.tsv", sep="\t",
-                                                             index=False)
-    spec = {"groups": {"clinical": {"numeric": ["age"], "categorical": {"sex": ["M", "F"]}},
-                       "hematology": {"numeric": ["wbc"], "categorical": {}},
-                       "radiomics_tumour": ["gtvt_original_firstorder_Mean",
-                                            "gtvt_original_shape_Volume"],
-                       "radiomics_node": ["gtvn_original_firstorder_Mean"]},
-            "flags": {"radiomics_node": ["gtvn_present"]}}
-    (root / "spec.json").write_text(json.dumps(spec))
-    pd.DataFrame({"patient_id": ids, "fold": 0,
-                  "split": ["train"] * 8 + ["val"] * 4 + ["test"] * 4}).to_csv(
-        root / "folds.tsv", sep="\t", index=False)
+    ids, rng = write_tables(root, N, n_train=8)
     for i, pid in enumerate(ids):
         d = root / "patients" / pid
         d.mkdir(parents=True)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from mmfusion.errors import MMFusionError
+from mmfusion.io import atomic_dir
 
 PATCH_KINDS = ("tumour", "node1", "node2", "node3")
 
@@ -35,9 +34,7 @@ def build_patch_cache(patients: Sequence[str], npz_paths: Sequence[str | os.Path
     index = cache / "patients.json"
     if index.is_file() and json.loads(index.read_text()) == list(patients):
         return cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
+    with atomic_dir(cache) as tmp:
         arrays: dict[str, np.ndarray] = {}
         for i, (pid, path) in enumerate(zip(patients, npz_paths, strict=True)):
             try:
@@ -64,12 +61,6 @@ def build_patch_cache(patients: Sequence[str], npz_paths: Sequence[str | os.Path
             target.flush()
         del arrays
         (tmp / "patients.json").write_text(json.dumps(list(patients)))
-        if cache.exists():
-            shutil.rmtree(cache)
-        os.replace(tmp, cache)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return cache
 
 

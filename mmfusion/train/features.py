@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from mmfusion.errors import ConfigError, MMFusionError
+from mmfusion.io import atomic_dir
 from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.dataset import PATCH_KINDS, open_patch_cache
 
@@ -136,9 +135,7 @@ def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelCon
         # the variant does not touch the backbones; base1 builds the fewest other modules
         model = MMFusionModel(dataclasses.replace(model_cfg, variant="base1"), {})
     model = model.to(device).eval()
-    features.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{features.name}.", dir=features.parent))
-    try:
+    with atomic_dir(features) as tmp:
         n = len(patients)
         maps: dict[str, np.ndarray] = {}
         bar = tqdm(total=n, desc="feature maps", unit="patient", disable=not progress,
@@ -171,12 +168,6 @@ def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelCon
         info = {"patch_cache_path": str(Path(patch_cache).resolve()),
                 "pretrained_path": model_cfg.pretrained, "n_patients": n}
         (tmp / "settings.json").write_text(json.dumps({**expected, "info": info}, indent=1))
-        if features.exists():
-            shutil.rmtree(features)
-        os.replace(tmp, features)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return features
 
 
