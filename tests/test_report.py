@@ -12,7 +12,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from mmfusion.cli import main
-from mmfusion.report.delong import delong_test
+from mmfusion.report.delong import delong_test, stratified_delong_test
 from mmfusion.report.summary import collect_metrics, paired_tests, variant_table
 
 
@@ -85,6 +85,7 @@ def test_tables_over_folds(tmp_path: Path) -> None:
     preds = pd.concat(pd.read_csv(p) for p in tmp_path.glob("*/fold*/predictions.csv"))
     tests = paired_tests(preds, "mmfusion")
     assert list(tests["other"]) == ["base1"] and tests["n"].iloc[0] == 30
+    assert tests["n_folds"].iloc[0] == 3  # tested within each fold, combined
 
 
 def test_report_cli_writes_everything(tmp_path: Path) -> None:
@@ -100,3 +101,29 @@ def test_report_cli_writes_everything(tmp_path: Path) -> None:
     assert {"variant", "fold", "auc", "accuracy", "precision", "recall", "f1",
             "brier"} <= set(summary.columns)
     assert "mmfusion" in (out / "summary.md").read_text()
+
+
+def test_fold_stratified_delong_combines_folds_and_ignores_per_fold_scales() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 90)
+    y[:2], y[30:32], y[60:62] = [0, 1], [0, 1], [0, 1]
+    folds = np.repeat([0, 1, 2], 30)
+    a = y + rng.normal(0, 0.8, 90)
+    b = y + rng.normal(0, 1.2, 90)
+    # one stratum: the plain test
+    one = stratified_delong_test(a, b, y, np.zeros(90))
+    plain = delong_test(a, b, y)
+    assert one.difference == pytest.approx(plain.difference) and one.se == pytest.approx(plain.se)
+    # three folds: mean of the per-fold differences, variance sum / K^2
+    per = [delong_test(a[folds == k], b[folds == k], y[folds == k]) for k in range(3)]
+    res = stratified_delong_test(a, b, y, folds)
+    assert res.auc_a == pytest.approx(np.mean([r.auc_a for r in per]))
+    assert res.difference == pytest.approx(np.mean([r.difference for r in per]))
+    assert res.se == pytest.approx(np.sqrt(sum(r.se**2 for r in per)) / 3)
+    # a model whose probability scale differs per fold (e.g. a per-fold temperature):
+    # pooled AUC changes, the fold-stratified test does not
+    rescaled = np.where(folds == 1, 10 * a + 30, a)
+    assert roc_auc_score(y, rescaled) != pytest.approx(roc_auc_score(y, a))
+    again = stratified_delong_test(rescaled, b, y, folds)
+    assert again.difference == pytest.approx(res.difference) and again.p_value == pytest.approx(
+        res.p_value)

@@ -44,7 +44,9 @@ def _markdown(variants: pd.DataFrame, tests: pd.DataFrame, oracle: pd.DataFrame 
         lines += ["", f"Oracle AUC (true probabilities, demo cohort) on the same test folds: "
                       f"{oracle['auc'].mean():.3f} ± {oracle['auc'].std(ddof=1):.3f}"]
     if len(tests):
-        lines += ["", "Paired DeLong tests on pooled out-of-fold predictions:", "",
+        lines += ["", "Paired DeLong tests within each test fold, combined over folds (AUCs are "
+                      "means over folds; variance of the mean difference = sum of the folds' "
+                      "DeLong variances / K^2):", "",
                   "| reference | other | n | AUC ref | AUC other | diff | p |",
                   "|---|---|---|---|---|---|---|"]
         for _, t in tests.iterrows():

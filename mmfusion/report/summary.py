@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from mmfusion.errors import MMFusionError
-from mmfusion.report.delong import delong_test
+from mmfusion.report.delong import stratified_delong_test
 
 METRIC_COLUMNS = ["auc", "accuracy", "precision", "recall", "f1", "brier",
                   "balanced_accuracy", "specificity"]
@@ -94,21 +94,28 @@ def pooled_auc(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_tests(predictions: pd.DataFrame, reference: str = "mmfusion") -> pd.DataFrame:
-    """DeLong tests of `reference` against every other variant on the same patients."""
-    wide = predictions.pivot_table(index="patient_id", columns="variant",
+    """Fold-stratified DeLong tests of `reference` against every other variant: within each
+    test fold on the same patients, combined over folds (mean AUC difference)."""
+    wide = predictions.pivot_table(index=["fold", "patient_id"], columns="variant",
                                    values="probability", aggfunc="first")
-    labels = predictions.groupby("patient_id")["label"].first().reindex(wide.index)
+    labels = predictions.groupby(["fold", "patient_id"])["label"].first().reindex(wide.index)
     rows = []
     if reference not in wide:
-        return pd.DataFrame(columns=["reference", "other", "n", "auc_reference", "auc_other",
-                                     "difference", "z", "p_value"])
+        return pd.DataFrame(columns=["reference", "other", "n", "n_folds", "auc_reference",
+                                     "auc_other", "difference", "z", "p_value"])
     for other in _order([v for v in wide.columns if v != reference]):
         both = wide[[reference, other]].dropna()
         y = labels.reindex(both.index).to_numpy()
         if len(both) < 4 or y.min() == y.max():
             continue
-        res = delong_test(both[reference].to_numpy(), both[other].to_numpy(), y)
+        folds = both.index.get_level_values("fold").to_numpy()
+        try:
+            res = stratified_delong_test(both[reference].to_numpy(), both[other].to_numpy(),
+                                         y, folds)
+        except ValueError:  # no fold holds both classes
+            continue
         rows.append({"reference": reference, "other": other, "n": len(both),
+                     "n_folds": int(len(np.unique(folds))),
                      "auc_reference": res.auc_a, "auc_other": res.auc_b,
                      "difference": res.difference, "z": res.z, "p_value": res.p_value})
     return pd.DataFrame(rows)
