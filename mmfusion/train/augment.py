@@ -32,11 +32,9 @@ class AugmentSettings:
     motion_shift: int = 2
 
 
-def _rows(p: float, b: int, gen: torch.Generator | None,
-          pick: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices (CPU) of the patients whose Bernoulli(p) draw hits (and `pick`, if given)."""
-    hit = torch.rand(b, generator=gen) < p
-    return (hit if pick is None else hit & pick).nonzero(as_tuple=True)[0]
+def _rows(p: float, b: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Indices (CPU) of the patients whose Bernoulli(p) draw hits."""
+    return (torch.rand(b, generator=gen) < p).nonzero(as_tuple=True)[0]
 
 
 _BASIS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
