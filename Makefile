@@ -34,9 +34,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The one lint command (CI runs it too): ruff over all Python, and snakemake --lint, which
+# fails on any lint it reports (it exits 0 on lints by itself).
 lint: $(STAMP)
-	$(BIN)/ruff check mmfusion tests
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check mmfusion tests bench
+	@out=$$($(BIN)/snakemake --lint 2>&1) || { echo "$$out"; exit 1; }; echo "$$out"; \
+	if echo "$$out" | grep -qiE "lints for|warning"; then \
+	  echo "snakemake --lint reported problems"; exit 1; fi
 
 clean-demo:
 	rm -rf results .snakemake
@@ -56,5 +60,6 @@ bench-radiomics: $(STAMP)
 # demo and paper shapes, plus the frozen-backbone (cached feature maps) step.
 .PHONY: bench-train
 bench-train: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/bench_train.py --shapes both
 	$(BIN)/python bench/bench_frozen.py

@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# Your config file is the whole truth about your cohort: with --configfile, only that file
+# is read (the demo's config.yaml is not), and every key it leaves out takes the default
+# of workflow/schemas/config.schema.yaml. With no --configfile, the demo config runs.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

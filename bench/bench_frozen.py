@@ -71,9 +71,9 @@ def main() -> None:
 
         result = {}
         for frozen in (False, True):
-            model_cfg = ModelConfig.from_dict({**model_section, "variant": "mmfusion",
+            model_cfg = ModelConfig.from_config({**model_section, "variant": "mmfusion",
                                                "freeze_backbone": frozen})
-            train_cfg = TrainConfig.from_dict(train_section)
+            train_cfg = TrainConfig.from_config(train_section)
             t0 = time.perf_counter()
             features = None
             if frozen:

@@ -1,6 +1,6 @@
 """Benchmark: our per-patient radiomics job vs a bare PyRadiomics `execute()`.
 
-Ours = `mmfusion.radiomics.run_radiomics` on a converted patient folder: builds the
+Ours = `mmfusion.features.radiomics.run_radiomics` on a converted patient folder: builds the
 extractor from the params YAML, reads the NIfTIs, resamples (IBSI way), extracts GTV-T and
 GTV-N features, writes radiomics.tsv + provenance. Bare = one pre-built
 `RadiomicsFeatureExtractor` (same params YAML, PyRadiomics' own resampling) calling
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import radiomics
     from radiomics import featureextractor
 
-    from mmfusion.radiomics import RadiomicsSettings, default_params_path, run_radiomics
+    from mmfusion.features.radiomics import RadiomicsSettings, default_params_path, run_radiomics
 
     radiomics.setVerbosity(logging.ERROR)
     settings = RadiomicsSettings(resampling=args.resampling)

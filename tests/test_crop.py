@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mmfusion.crop import CropSettings, crop_patient, load_patches, run_crop
 from mmfusion.errors import ConfigError, MMFusionError
+from mmfusion.features.crop import crop_patient, run_crop
+from mmfusion.features.patches import CropSettings, load_patches
 
 
 def make_volume(path=None, n_nodes=2, spacing=(3.5, 3.5, 5.0), size=(40, 36, 20)):

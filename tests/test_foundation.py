@@ -95,16 +95,16 @@ def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path: Path) -> None:
 
 
 def test_config_sections_refuse_unknown_keys_and_bad_json() -> None:
-    from mmfusion.crop import CropSettings
     from mmfusion.errors import ConfigError
+    from mmfusion.features.patches import CropSettings
     from mmfusion.settings import parse_settings_json
     from mmfusion.train.loop import TrainConfig
 
     with pytest.raises(ConfigError, match="unknown crop setting.*'tumor_size'"):
         CropSettings.from_config({"tumor_size": [4, 8, 8]})
     with pytest.raises(ConfigError, match="train.augment.*'flipp'"):
-        TrainConfig.from_dict({"augment": {"flipp": 0.5}})
-    assert TrainConfig.from_dict({"augment": {"flip": 0.1}}).augment.flip == 0.1
+        TrainConfig.from_config({"augment": {"flipp": 0.5}})
+    assert TrainConfig.from_config({"augment": {"flip": 0.1}}).augment.flip == 0.1
     assert parse_settings_json("{}", "--settings") == {}
     with pytest.raises(ConfigError, match="--settings is not JSON"):
         parse_settings_json("{spacing: 2}", "--settings")

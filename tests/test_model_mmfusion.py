@@ -89,10 +89,10 @@ def test_shared_backbone_and_widths_from_spec():
 
 def test_config_rejects_unknown_keys_and_variants():
     with pytest.raises(ConfigError):
-        ModelConfig.from_dict({"variant": "base1", "lr": 1})
+        ModelConfig.from_config({"variant": "base1", "lr": 1})
     with pytest.raises(ConfigError):
         ModelConfig(variant="base4")
-    cfg = ModelConfig.from_dict({"variant": "base2", "depth": 18})
+    cfg = ModelConfig.from_config({"variant": "base2", "depth": 18})
     assert dataclasses.asdict(cfg)["depth"] == 18
 
 

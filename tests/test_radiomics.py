@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from mmfusion.errors import ConfigError, MMFusionError
-from mmfusion.radiomics import (
+from mmfusion.features.radiomics import (
     Extractor,
     RadiomicsSettings,
     extract_patient,

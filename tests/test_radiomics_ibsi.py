@@ -137,7 +137,7 @@ def read_reference() -> dict[str, tuple[float, float]]:
 def features():
     import SimpleITK as sitk
 
-    from mmfusion.radiomics import Extractor, RadiomicsSettings
+    from mmfusion.features.radiomics import Extractor, RadiomicsSettings
 
     params = Path(__file__).resolve().parents[1] / "mmfusion" / "data" / "radiomics_ibsi_c.yaml"
     extractor = Extractor(RadiomicsSettings(params=str(params), resampling="ibsi"))

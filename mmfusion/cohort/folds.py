@@ -7,24 +7,23 @@ the three splits are disjoint and cover the cohort. Seeded: same table + seed, s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mmfusion.errors import ConfigError, TableError
 from mmfusion.io import atomic_path
-from mmfusion.settings import checked_section
+from mmfusion.settings import schema_defaults
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
+@schema_defaults("folds")
 class FoldSettings:
-    """Settings of the fold split (config section `folds`).
+    """Settings of the fold split (config section `folds`; defaults: the config schema).
 
     Attributes:
         n_folds: number of outer folds (paper: 3).
@@ -32,9 +31,9 @@ class FoldSettings:
         seed: random seed.
     """
 
-    n_folds: int = 3
-    val_fraction: float = 0.2
-    seed: int = 20240601
+    n_folds: int
+    val_fraction: float
+    seed: int
 
     def __post_init__(self) -> None:
         if self.n_folds < 2:
@@ -42,9 +41,6 @@ class FoldSettings:
         if not 0 < self.val_fraction < 1:
             raise ConfigError("folds.val_fraction must be between 0 and 1")
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> FoldSettings:
-        return cls(**checked_section(cls, section, "folds"))
 
 
 def make_folds(

@@ -27,15 +27,19 @@ import pandas as pd
 
 from mmfusion.cohort.tables import _norm
 from mmfusion.errors import ConfigError, TableError
-from mmfusion.settings import checked_section
+from mmfusion.settings import check_choice, schema_defaults
 
 GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
 RADIOMICS = ("radiomics_tumour", "radiomics_node")
+IMPUTATIONS = ("median", "mean")
+SCALINGS = ("standard", "robust", "none")
+SELECTIONS = ("mrmr", "l1", "none")
 
 
 @dataclass(frozen=True)
+@schema_defaults("preprocess")
 class PreprocessSettings:
-    """Settings of in-fold preprocessing (config section `preprocess`).
+    """Settings of in-fold preprocessing (config section `preprocess`; defaults: the schema).
 
     Attributes:
         log_skew: log-transform a numeric column (any group) whose training values are all
@@ -54,22 +58,20 @@ class PreprocessSettings:
         seed: random seed of the L1 solver.
     """
 
-    log_skew: float = 0.0
-    impute: str = "median"
-    scaling: str = "standard"
-    variance_threshold: float = 1e-4
-    correlation_threshold: float = 0.9
-    selection: str = "mrmr"
-    n_tumour: int = 32
-    n_node: int = 19
-    seed: int = 0
+    log_skew: float
+    impute: str
+    scaling: str
+    variance_threshold: float
+    correlation_threshold: float
+    selection: str
+    n_tumour: int
+    n_node: int
+    seed: int
 
     def __post_init__(self) -> None:
-        checks = {"impute": ("median", "mean"), "scaling": ("standard", "robust", "none"),
-                  "selection": ("mrmr", "l1", "none")}
-        for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"preprocess.{key} must be one of {allowed}")
+        check_choice("preprocess.impute", self.impute, IMPUTATIONS)
+        check_choice("preprocess.scaling", self.scaling, SCALINGS)
+        check_choice("preprocess.selection", self.selection, SELECTIONS)
         if not 0 < self.correlation_threshold <= 1:
             raise ConfigError("preprocess.correlation_threshold must be in (0, 1]")
         if self.log_skew < 0:
@@ -77,10 +79,6 @@ class PreprocessSettings:
         if self.n_tumour < 1 or self.n_node < 1:
             raise ConfigError("preprocess.n_tumour and n_node must be positive")
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> PreprocessSettings:
-        section = checked_section(cls, section, "preprocess")
-        return cls(**section)
 
 
 def _f_statistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.errors import ConfigError, TableError
+from mmfusion.settings import section_defaults
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +61,34 @@ class ColumnSpec:
 class TableSettings:
     """How the cohort tables are keyed and typed (config `cohort` keys + `tables`)."""
 
-    id_column: str = "patient_id"
-    label_column: str = "lnm"
-    positive_value: tuple[str, ...] = ("1",)
-    negative_value: tuple[str, ...] = ("0",)
+    id_column: str
+    label_column: str
+    positive_value: tuple[str, ...]
+    negative_value: tuple[str, ...]
     clinical: ColumnSpec = field(default_factory=ColumnSpec)
     hematology: ColumnSpec = field(default_factory=ColumnSpec)
 
     @classmethod
     def from_config(cls, cohort: Mapping[str, Any], tables: Mapping[str, Any]) -> TableSettings:
-        """Build from the `cohort` section (id/label keys) and the `tables` section."""
-        tables = dict(tables or {})
+        """Build from the `cohort` section (id/label keys) and the `tables` section; omitted
+        keys take the config schema's defaults."""
+        tables = {**section_defaults("tables"), **dict(tables or {})}
         unknown = sorted(set(tables) - {"clinical", "hematology", "negative_value"})
         if unknown:
             raise ConfigError(f"unknown tables setting(s): {unknown}")
+        cohort = {**section_defaults("cohort"), **dict(cohort or {})}
 
         def values(v: Any) -> tuple[str, ...]:
             return tuple(_norm(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
 
-        pos = values(cohort.get("positive_value", 1))
-        neg = values(tables.get("negative_value", 0))
+        pos = values(cohort["positive_value"])
+        neg = values(tables["negative_value"])
         if set(pos) & set(neg):
             raise ConfigError("cohort.positive_value and tables.negative_value overlap")
         clinical = ColumnSpec.from_config(tables.get("clinical"), "tables.clinical")
         hema = ColumnSpec.from_config(tables.get("hematology"), "tables.hematology")
-        label = str(cohort.get("label_column", "lnm"))
-        ident = str(cohort.get("id_column", "patient_id"))
+        label = str(cohort["label_column"])
+        ident = str(cohort["id_column"])
         clash = set(clinical.columns) & set(hema.columns)
         if clash:
             raise ConfigError(f"columns declared in both tables: {sorted(clash)}",
@@ -106,6 +109,13 @@ def _norm(value: Any) -> str:
     return repr(int(number)) if number.is_integer() else repr(number)
 
 
+def _csv_separator(path: Path) -> str:
+    """`;` when the header line of a .csv has semicolons and no commas, else `,`."""
+    with open(path, errors="replace") as fh:
+        header = fh.readline()
+    return ";" if ";" in header and "," not in header else ","
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or TSV as text cells (separator from the extension, else sniffed)."""
     p = Path(path)
@@ -115,7 +125,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if suffix in (".tsv", ".tab", ".txt"):
         sep = "\t"
     elif suffix == ".csv":
-        sep = ","
+        # spreadsheet exports in many locales write `;` (the decimal comma takes `,`)
+        sep = _csv_separator(p)
     else:
         try:
             sep = csv.Sniffer().sniff(p.read_text(errors="replace")[:4096], ",\t;").delimiter

@@ -28,17 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patient", help="patient (sanitised or raw PatientID) with --index")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tumour-roi", help="regex for the GTV-T ROI name (case-insensitive,"
-                        " full match); default: config rois.tumour default")
-    parser.add_argument("--node-roi", help="regex for GTV-N ROI names")
+                        " full match); default: rois.tumour of the config schema")
+    parser.add_argument("--node-roi", help="regex for GTV-N ROI names; default: rois.node of"
+                        " the config schema")
     parser.add_argument("--plane-tolerance", type=float,
                         help="max contour-to-slice distance as a fraction of the slice spacing"
-                        " (default 0.25)")
+                        " (default: convert.plane_tolerance of the config schema)")
     parser.add_argument("--missing-gap-factor", type=float,
                         help="a slice gap above this x the median spacing is a missing slice"
-                        " (default 1.5)")
+                        " (default: convert.missing_gap_factor of the config schema)")
     parser.add_argument("--uneven-tolerance", type=float,
                         help="largest relative deviation of slice gaps from the median before"
-                        " the series is refused (default 0.05)")
+                        " the series is refused (default: convert.uneven_tolerance of the"
+                        " config schema)")
     parser.add_argument("--status-out", help="write a status JSON here; refusals exit 0")
     parser.set_defaults(func=run)
 

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mmfusion.commands._per_patient import register_per_patient
+
+
+def crop(folder: Path, section: Mapping[str, Any]) -> str:
+    from mmfusion.features.crop import run_crop
+    from mmfusion.features.patches import CropSettings
+
+    patches = run_crop(folder, CropSettings.from_config(section))
+    return f"tumour {patches.tumour.shape}, nodes present {patches.node_present.tolist()}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "crop",
+    register_per_patient(
+        subparsers, "crop",
         help="cut tumour/node patches of one converted patient (patches.npz, qc.png)",
         description="Reads ct/gtv_t/gtv_n NIfTIs from PATIENT_DIR (the convert output) and "
         "writes PATIENT_DIR/patches.npz and PATIENT_DIR/qc.png.",
-    )
-    p.add_argument("patient_dir",
-                   help="folder {results}/patients/{patient}, or its convert_status.json")
-    p.add_argument("--settings", default="{}",
-                   help="the `crop` config section as JSON (omitted keys: reference sizes)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from mmfusion.cohort.status import patient_folder, require_converted
-    from mmfusion.crop import CropSettings, run_crop
-    from mmfusion.settings import parse_settings_json
-
-    settings = CropSettings.from_config(parse_settings_json(args.settings, "--settings"))
-    args.patient_dir = patient_folder(args.patient_dir)
-    require_converted(args.patient_dir)
-    patches = run_crop(args.patient_dir, settings)
-    print(f"{args.patient_dir}: tumour {patches.tumour.shape}, "
-          f"nodes present {patches.node_present.tolist()}")
-    return 0
+        section="crop", stage=crop)

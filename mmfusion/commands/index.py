@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmfusion.dicom.index import index_dicom, write_index
+    from mmfusion.dicom.index import index_dicom
+    from mmfusion.dicom.index_io import write_index
 
     rows = index_dicom(args.dicom_root, workers=args.workers, progress=not args.no_progress)
     write_index(rows, args.out)

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="variant tested against every other (default mmfusion)")
     p.add_argument("--truth", default=None,
                    help="demo only: truth.csv of the synthetic cohort, adds the oracle AUC")
+    p.add_argument("--config", default=None,
+                   help="the run's config.resolved.yaml: copied into the report folder and "
+                   "summarised in summary.md")
     p.set_defaults(func=run)
 
 
@@ -28,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.models_dir:
         summary = build_report_from_dir(args.models_dir, args.out, reference=args.reference,
-                                        truth_csv=args.truth)
+                                        truth_csv=args.truth, config_yaml=args.config)
     else:
         summary = build_report(args.metrics, args.predictions, args.out,
-                               reference=args.reference, truth_csv=args.truth)
+                               reference=args.reference, truth_csv=args.truth,
+                               config_yaml=args.config)
     print(summary)
     return 0

@@ -5,6 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 
+_OPTIONS = (
+    ("--n-patients", int, "number of patients"),
+    ("--seed", int, "random seed (same seed: byte-identical cohort)"),
+    ("--prevalence", float, "target fraction of LNM-positive patients"),
+    ("--matrix", int, "in-plane matrix (512 supported)"),
+    ("--n-slices", int, "CT slices per patient"),
+    ("--pixel-spacing", float, "in-plane spacing in mm"),
+    ("--slice-thickness", float, "slice spacing in mm"),
+)
+
+
+def _key(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,32 +27,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "export: DIR/dicom/<patient>/ (CT + RTSTRUCT), clinical.csv, "
                     "hematology.csv and truth.csv (evaluation only).")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-patients", type=int, default=60)
-    p.add_argument("--seed", type=int, default=20240601)
-    p.add_argument("--prevalence", type=float, default=0.4,
-                   help="target fraction of LNM-positive patients (default 0.4)")
-    p.add_argument("--matrix", type=int, default=128, help="in-plane matrix (512 supported)")
-    p.add_argument("--n-slices", type=int, default=48)
-    p.add_argument("--pixel-spacing", type=float, default=2.6, help="mm")
-    p.add_argument("--slice-thickness", type=float, default=5.0, help="mm")
+    # No defaults here: an omitted option takes the config schema's `synth` default, as an
+    # omitted key does in the workflow.
+    for option, kind, what in _OPTIONS:
+        p.add_argument(option, type=kind, default=None,
+                       help=f"{what} (default: synth.{_key(option)} of the config schema)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="patients written in parallel (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace):  # -> SynthSettings (heavy import)
+    """The options given on the command line; the rest from the schema's `synth` defaults."""
     from mmfusion.errors import ConfigError
-    from mmfusion.synth import SynthSettings, generate_cohort
+    from mmfusion.synth import SynthSettings
 
+    given = {_key(o): getattr(args, _key(o)) for o, _, _ in _OPTIONS}
     try:
-        settings = SynthSettings(
-            n_patients=args.n_patients, seed=args.seed, prevalence=args.prevalence,
-            matrix=args.matrix, n_slices=args.n_slices, pixel_spacing=args.pixel_spacing,
-            slice_thickness=args.slice_thickness)
+        return SynthSettings(**{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    manifest = generate_cohort(args.out, settings, jobs=max(1, args.jobs),
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmfusion.synth import generate_cohort
+
+    manifest = generate_cohort(args.out, settings_from_args(args), jobs=max(1, args.jobs),
                                progress=not args.no_progress)
     print(f"cohort written: {manifest.parent}")
     return 0

@@ -83,7 +83,7 @@ def _model_config(text: str, variant: str | None = None) -> ModelConfig:
     from mmfusion.model.mmfusion import ModelConfig
 
     section = section_json(text, "--model-settings")
-    return ModelConfig.from_dict({**section, **({"variant": variant} if variant else {})})
+    return ModelConfig.from_config({**section, **({"variant": variant} if variant else {})})
 
 
 def _set_threads(n: int) -> None:
@@ -99,7 +99,7 @@ def run_features(args: argparse.Namespace) -> int:
     from mmfusion.train.loop import TrainConfig, resolve_device
 
     model_cfg = _model_config(args.model_settings)
-    train_cfg = TrainConfig.from_dict(section_json(args.train_settings, "--train-settings"))
+    train_cfg = TrainConfig.from_config(section_json(args.train_settings, "--train-settings"))
     out = build_feature_cache(args.cache, model_cfg, train_cfg.seed, args.out,
                               batch_size=train_cfg.batch_size,
                               device=resolve_device(train_cfg.device),
@@ -125,7 +125,7 @@ def run_fold(args: argparse.Namespace) -> int:
         from mmfusion.train.loop import TrainConfig, fit_fold
 
         model_cfg = _model_config(args.model_settings, args.variant)
-        train_cfg = TrainConfig.from_dict(train_section)
+        train_cfg = TrainConfig.from_config(train_section)
         if model_cfg.freeze_backbone or args.features:
             _check_features(args.features, args.cache, model_cfg, train_cfg.seed)
         elif not args.cache:

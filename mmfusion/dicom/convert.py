@@ -13,30 +13,34 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion import __version__
-from mmfusion.dicom.index import index_dicom, read_index
+from mmfusion.dicom.index import index_dicom
+from mmfusion.dicom.index_io import read_index
+from mmfusion.dicom.problems import Problem, problem_messages
 from mmfusion.dicom.rasterize import rasterise_roi
 from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
 from mmfusion.dicom.rtstruct import parse_rtstruct
 from mmfusion.dicom.series import SeriesChecks, load_ct_series
 from mmfusion.errors import ConfigError, DicomError
 from mmfusion.io import atomic_path
+from mmfusion.settings import schema_defaults
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TUMOUR = r"(GTV[-_ ]?T(umou?r)?|GTV[-_ ]?p(rimary)?)"
-DEFAULT_NODE = r"(GTV[-_ ]?N[-_ ]?\d*|GTV[-_ ]?n(ode)?s?[-_ ]?\d*|GTV[-_ ]?LN[-_ ]?\d*)"
 OUTPUT_FILES = ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz", "rois.json")
 
 
 @dataclass(frozen=True)
+@schema_defaults("rois")
+@schema_defaults("convert")
 class ConvertSettings:
-    """Settings of the convert stage (config sections `rois` and `convert`)."""
+    """Settings of the convert stage (config sections `rois` and `convert`; defaults: the
+    config schema)."""
 
-    tumour: str = DEFAULT_TUMOUR
-    node: str = DEFAULT_NODE
-    plane_tolerance: float = 0.25  # fraction of the slice spacing
-    missing_gap_factor: float = 1.5
-    uneven_tolerance: float = 0.05
+    tumour: str  # ROI name regexes (case-insensitive, full match)
+    node: str
+    plane_tolerance: float  # fraction of the slice spacing
+    missing_gap_factor: float
+    uneven_tolerance: float
 
     @classmethod
     def from_config(cls, rois: Mapping | None = None,
@@ -74,6 +78,7 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
     """Pick the RTSTRUCT and its CT series for one patient from index rows.
 
     `patient` is the sanitised ID (the `patient` column) or the raw PatientID.
+    Decisions key on the rows' `problem_codes` only; the messages are just shown.
     Raises DicomError for every refusal (no linked RTSTRUCT, shared PatientID, ...).
     """
     mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]]
@@ -82,10 +87,10 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
                          fix="check the PatientID or re-run `mmfusion index`")
     patient_id = mine[0]["patient_id"]
     for row in mine:
-        for problem in row["problems"]:
-            if "shared by" in problem:
-                raise DicomError(problem, patient=patient_id, path=_first_file(row),
-                                 fix="give each patient a unique PatientID")
+        shared = problem_messages(row, Problem.SHARED_PATIENT_ID)
+        if shared:
+            raise DicomError(shared[0], patient=patient_id, path=_first_file(row),
+                             fix="give each patient a unique PatientID")
     structs = [r for r in mine if r["modality"] == "RTSTRUCT"]
     if not structs:
         raise DicomError("no RTSTRUCT for this patient", patient=patient_id,
@@ -104,17 +109,16 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
     if len(choice) > 1:
         warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
                         f" ({_first_file(choice[0])})")
-    consistent = [r for r in choice
-                  if not any("Frame of Reference mismatch" in p for p in r["problems"])]
+    consistent = [r for r in choice if Problem.FOR_MISMATCH not in r["problem_codes"]]
     if consistent and len(consistent) < len(choice):
         warnings.append(f"{len(choice) - len(consistent)} RTSTRUCT(s) with a Frame of"
                         " Reference mismatch skipped")
         choice = consistent
     struct = choice[0]
-    for problem in struct["problems"]:
-        if "Frame of Reference mismatch" in problem:
-            raise DicomError(problem, patient=patient_id, path=_first_file(struct),
-                             fix="re-export the RTSTRUCT on the CT's Frame of Reference")
+    mismatch = problem_messages(struct, Problem.FOR_MISMATCH)
+    if mismatch:
+        raise DicomError(mismatch[0], patient=patient_id, path=_first_file(struct),
+                         fix="re-export the RTSTRUCT on the CT's Frame of Reference")
     series = [r for r in mine if r["modality"] == "CT"
               and r["series_uid"] == struct["linked_series_uid"]]
     if len(series) != 1:

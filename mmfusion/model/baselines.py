@@ -15,8 +15,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from mmfusion.errors import ConfigError
+from mmfusion.model.variants import BASELINES
 
-BASELINES = ("logreg", "gbm")
 GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
 
 

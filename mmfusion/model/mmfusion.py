@@ -26,61 +26,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfusion.errors import ConfigError
 from mmfusion.model.backbone import ResNet3D, load_medicalnet
 from mmfusion.model.cfd import CFD
 from mmfusion.model.hga import HGA
 from mmfusion.model.mmrl import MMRL, masked_mean
-from mmfusion.settings import checked_section
+from mmfusion.model.variants import VARIANTS
+from mmfusion.settings import check_choice, schema_defaults
 
-VARIANTS: dict[str, tuple[bool, bool, bool]] = {  # name -> (MMRL, HGA, CFD)
-    "base1": (False, False, False),
-    "base2": (True, False, False),
-    "base3": (True, True, False),
-    "mmfusion": (True, True, True),
-}
 NODE_KEYS = ("node1", "node2", "node3")
 TABULAR_GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
 
 
 @dataclass(frozen=True)
+@schema_defaults("model", unread=("variants",))
 class ModelConfig:
-    """Model hyper-parameters (config section `model`); defaults follow the paper."""
+    """Model hyper-parameters (config section `model`, less `variants`: the workflow runs one
+    variant per job). Defaults come from the config schema and follow the paper
+    (supplement Table 2: ResNet-50, masking ratio 15 %, T = 10, betas 0.01 to 0.95)."""
 
     variant: str = "mmfusion"
-    depth: int = 50  # supplement Table 2: ResNet50
-    base_width: int = 64  # 64 = MedicalNet; smaller only for CPU demos
-    shared_backbone: bool = False  # False: one backbone per patch kind (reference)
-    pretrained: str = ""  # local MedicalNet resnet_{depth}_23dataset.pth, "" = random init
-    mmrl_dim: int = 64
-    mmrl_heads: int = 4
-    mask_ratio: float = 0.15  # supplement Table 2
-    hga_dim: int = 64
-    hga_out: int = 64
-    gat_heads: int = 1
-    head_hidden: int = 256
-    dropout: float = 0.2
-    timesteps: int = 10  # supplement Table 2
-    beta_start: float = 0.01
-    beta_end: float = 0.95
-    diffusion_hidden: int = 128
-    n_samples: int = 10  # reverse-process samples per patient at inference
-    probability: str = "card"  # diffusion sample -> probability: card | difference
-    diffusion_target: str = "noise"  # network predicts noise (CARD, eq. 6) | y0
-    node_count: bool = True  # append the 3 node-present flags (node count) to the node image
+    depth: int  # 3D ResNet depth 10 | 18 | 34 | 50
+    base_width: int  # 64 = MedicalNet; smaller only for CPU demos
+    shared_backbone: bool  # False: one backbone per patch kind (reference)
+    pretrained: str  # local MedicalNet resnet_{depth}_23dataset.pth, "" = random init
+    mmrl_dim: int
+    mmrl_heads: int
+    mask_ratio: float
+    hga_dim: int
+    hga_out: int
+    gat_heads: int
+    head_hidden: int
+    dropout: float
+    timesteps: int
+    beta_start: float
+    beta_end: float
+    diffusion_hidden: int
+    n_samples: int  # reverse-process samples per patient at inference
+    probability: str  # diffusion sample -> probability: card | difference
+    diffusion_target: str  # network predicts noise (CARD, eq. 6) | y0
+    node_count: bool  # append the 3 node-present flags (node count) to the node image
     # train on cached maps of a fixed (pretrained) backbone (mmfusion/train/features.py)
-    freeze_backbone: bool = False
-
+    freeze_backbone: bool
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown model variant {self.variant!r}",
-                              fix=f"use one of {sorted(VARIANTS)}")
+        check_choice("model variant", self.variant, list(VARIANTS))
 
-    @classmethod
-    def from_dict(cls, section: Mapping[str, object]) -> ModelConfig:
-        """Build from a config section, failing on unknown keys."""
-        return cls(**checked_section(cls, section, "model"))
 
     @property
     def switches(self) -> tuple[bool, bool, bool]:

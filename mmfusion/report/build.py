@@ -56,10 +56,41 @@ def _markdown(variants: pd.DataFrame, tests: pd.DataFrame, oracle: pd.DataFrame 
     return "\n".join(lines) + "\n"
 
 
+def _config_markdown(config_text: str) -> str:
+    """The settings a reader of the summary asks about first, from the resolved config."""
+    import yaml
+
+    c = yaml.safe_load(config_text) or {}
+    cohort, model, train = c.get("cohort", {}), c.get("model", {}), c.get("train", {})
+    crop, folds = c.get("crop", {}), c.get("folds", {})
+    source = ("synthetic demo cohort" if cohort.get("synthetic")
+              else f"label `{cohort.get('label_column')}` (positive: "
+                   f"{cohort.get('positive_value')}), IDs in `{cohort.get('id_column')}`")
+    rows = [
+        ("cohort", source),
+        ("folds", f"{folds.get('n_folds')} (validation share {folds.get('val_fraction')}, "
+                  f"seed {folds.get('seed')})"),
+        ("variants", ", ".join(model.get("variants", []))),
+        ("backbone", f"ResNet-{model.get('depth')}, width {model.get('base_width')}, "
+                     f"pretrained: {'yes' if model.get('pretrained') else 'no'}"),
+        ("patches", f"tumour {crop.get('tumour_size')}, nodes {crop.get('node_sizes')} "
+                    f"at {crop.get('spacing')} mm"),
+        ("training", f"{train.get('epochs')} epochs, batch {train.get('batch_size')}, "
+                     f"lr {train.get('lr')}, seed {train.get('seed')}"),
+    ]
+    return "\n".join(["", "## Configuration", "",
+                      "Every setting is in `config.resolved.yaml` beside this file (the config "
+                      "file given plus the schema's defaults for every key it left out).", "",
+                      "| setting | value |", "|---|---|",
+                      *[f"| {k} | {v} |" for k, v in rows]]) + "\n"
+
+
 def build_report(metrics_files: list[str | Path], prediction_files: list[str | Path],
                  out: str | Path, reference: str = "mmfusion",
-                 truth_csv: str | Path | None = None) -> str:
-    """Write every report file under `out`; returns the Markdown summary."""
+                 truth_csv: str | Path | None = None,
+                 config_yaml: str | Path | None = None) -> str:
+    """Write every report file under `out`; returns the Markdown summary. `config_yaml`
+    (the run's resolved config) is copied beside it and summarised in it."""
     out = Path(out)
     metrics = collect_metrics(metrics_files)
     predictions = collect_predictions(prediction_files)
@@ -78,5 +109,9 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
     figures.plot_calibration(predictions, order, out / "figures" / "calibration.png")
     figures.plot_auc_by_fold(metrics, oracle, order, out / "figures" / "auc_by_fold.png")
     summary = _markdown(variants, tests, oracle)
+    if config_yaml is not None:
+        config_text = Path(config_yaml).read_text()
+        write_text_atomic(out / "config.resolved.yaml", config_text)
+        summary += _config_markdown(config_text)
     write_text_atomic(out / "summary.md", summary)
     return summary

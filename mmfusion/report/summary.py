@@ -15,21 +15,18 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from mmfusion.errors import MMFusionError
+from mmfusion.model.variants import BASELINES, VARIANTS
 from mmfusion.report.delong import stratified_delong_test
 
 METRIC_COLUMNS = ["auc", "accuracy", "precision", "recall", "f1", "brier",
                   "balanced_accuracy", "specificity"]
 # Paper Table 2 order; anything else follows alphabetically.
-VARIANT_ORDER = ["base1", "base2", "base3", "mmfusion", "logreg", "gbm"]
+VARIANT_ORDER = [*VARIANTS, *BASELINES]
 
 
 def _order(variants: list[str]) -> list[str]:
     known = [v for v in VARIANT_ORDER if v in variants]
     return known + sorted(set(variants) - set(known))
-
-
-def _nan_to_none(value: object) -> object:
-    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def find_outputs(models_dir: str | Path, name: str) -> list[Path]:

@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mmfusion.io import atomic_path, write_text_atomic
+from mmfusion.settings import schema_defaults
 from mmfusion.synth import latent as lm
 from mmfusion.synth.dicom_writer import PatientHeader, write_ct_series, write_rtstruct
 from mmfusion.synth.phantom import Phantom, PhantomSpec, build_phantom
@@ -47,16 +48,19 @@ _FIRST = ["ALICE", "BORIS", "CHEN", "DANA", "EMIL", "FATIMA", "GUO", "HANNA", "I
 
 
 @dataclass(frozen=True)
+@schema_defaults("synth")
 class SynthSettings:
-    """Everything that determines a synthetic cohort."""
+    """Everything that determines a synthetic cohort (config section `synth`; defaults:
+    the config schema)."""
 
-    n_patients: int = 60
-    seed: int = 20240601
-    prevalence: float = 0.4
-    matrix: int = 128
-    n_slices: int = 48
-    pixel_spacing: float = 2.6
-    slice_thickness: float = 5.0
+    n_patients: int
+    seed: int
+    prevalence: float
+    matrix: int
+    n_slices: int
+    pixel_spacing: float
+    slice_thickness: float
+
 
     def __post_init__(self) -> None:
         if self.n_patients < 1:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -240,8 +239,3 @@ def write_rtstruct(phantom: Phantom, header: PatientHeader, refs: SeriesRefs,
         ds.save_as(tmp, enforce_file_format=True)
     return path
 
-
-def read_header_ids(path: Path) -> tuple[str, str]:
-    """(PatientID, Modality) of a written file; used by tests and the manifest."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return str(ds.PatientID), str(ds.Modality)

@@ -1,2 +1,10 @@
-"""Training: patch cache and split data (`dataset`), batched augmentation (`augment`),
-the fold-honest loop (`loop`), metrics (`metrics`), fold orchestration (`fold`)."""
+"""Model stage, run by `workflow/rules/model.smk` (rules `cache_patches` = `mmfusion train
+cache`, `cache_features` = `train features`, `train_fold` / `train_baseline` = `train fold`).
+
+- `dataset`: the memory-mapped patch cache and each split's arrays.
+- `features`: the frozen-backbone feature cache (`model.freeze_backbone`).
+- `augment`: batched image augmentation. `config`: the `train` settings.
+- `loop`: one fold's fold-honest training (`fit_fold`), as phases in `phases`;
+  `averaging`: weight averaging (`train.ema_decay`).
+- `metrics`: binary metrics and the validation threshold. `fold`: a fold from the cohort files.
+"""

@@ -18,18 +18,22 @@ from dataclasses import dataclass
 
 import torch
 
+from mmfusion.settings import schema_defaults
+
 
 @dataclass(frozen=True)
+@schema_defaults("train.augment")
 class AugmentSettings:
-    """Probabilities and strengths (config `train.augment`); paper defaults."""
+    """Probabilities and strengths (config `train.augment`; defaults: the config schema,
+    the paper's probabilities)."""
 
-    flip: float = 0.6
-    noise: float = 0.4
-    bias_field: float = 0.3
-    motion: float = 0.2
-    noise_std: float = 0.1
-    bias_coefficient: float = 0.3
-    motion_shift: int = 2
+    flip: float
+    noise: float
+    bias_field: float
+    motion: float
+    noise_std: float
+    bias_coefficient: float
+    motion_shift: int
 
 
 def _rows(p: float, b: int, gen: torch.Generator | None) -> torch.Tensor:

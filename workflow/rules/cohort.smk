@@ -10,8 +10,8 @@ FOLDS_SETTINGS = json.dumps(config["folds"])
 
 rule build_cohort:
     input:
-        clinical=cohort_input("clinical"),
-        hematology=cohort_input("hematology"),
+        clinical=COHORT.clinical,
+        hematology=HEMATOLOGY,
         index=f"{RESULTS}/dicom_index.tsv",
         statuses=convert_statuses,
         radiomics=converted_radiomics,
@@ -22,6 +22,7 @@ rule build_cohort:
     params:
         cohort=COHORT_KEYS,
         tables=TABLES_SETTINGS,
+        hematology=HEMATOLOGY_OPTION,
     log:
         f"{RESULTS}/logs/build_cohort.log",
     benchmark:
@@ -32,7 +33,7 @@ rule build_cohort:
         "../../envs/preprocess.yaml"
     shell:
         "python -m mmfusion cohort build --clinical {input.clinical:q}"
-        " --hematology {input.hematology:q} --index {input.index:q}"
+        " {params.hematology} --index {input.index:q}"
         " --status {input.statuses:q}"
         " --cohort-settings {params.cohort:q} --tables-settings {params.tables:q}"
         " --table {output.table:q} --spec {output.spec:q} --exclusions {output.exclusions:q}"

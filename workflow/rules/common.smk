@@ -1,6 +1,5 @@
-# Config validation, wildcard constraints and input functions shared by all rule files.
-# No rules here.
-import json
+# Config validation, wildcard constraints and every input function of the rule files
+# (built once here from mmfusion/workflow_inputs.py). No rules here.
 import shlex
 import sys
 from pathlib import Path
@@ -8,13 +7,15 @@ from pathlib import Path
 from snakemake.utils import validate
 
 
+# Fills every omitted key with the schema's default (the schema is the one place defaults
+# are defined; the package's settings classes read theirs from it too).
 validate(config, schema="../schemas/config.schema.yaml")
 
 # Rules run the package of this checkout as `python -m mmfusion ...`, in the pip venv and
 # in the rules' conda envs alike (those carry only the dependencies).
 PACKAGE_DIR = str(Path(workflow.basedir).resolve())
 _PACKAGE_ROOT = shlex.quote(PACKAGE_DIR)
-# The rule files' input functions import small helpers of the package too.
+# The input functions below come from the package of this checkout.
 if PACKAGE_DIR not in sys.path:
     sys.path.insert(0, PACKAGE_DIR)
 # (the prefix is formatted again like a shell command, hence the quadrupled braces)
@@ -22,9 +23,25 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={_PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
-RESULTS = config["results"]
-SYNTHETIC = config["cohort"]["synthetic"]
-DEMO_COHORT = f"{RESULTS}/demo_cohort"
+from mmfusion.settings import write_resolved_config
+from mmfusion.workflow_inputs import (
+    BASELINE_PATTERN,
+    DEEP_VARIANT_PATTERN,
+    CohortInputs,
+    ConvertStatuses,
+    PatientOutputs,
+    option,
+    split_variants,
+)
+
+COHORT = CohortInputs.from_config(config)
+RESULTS = COHORT.results
+SYNTHETIC = COHORT.synthetic
+DEMO_COHORT = COHORT.demo_cohort
+
+# What this run uses, after defaults: rewritten only when it changes (the report shows it).
+RESOLVED_CONFIG = f"{RESULTS}/config.resolved.yaml"
+write_resolved_config(config, RESOLVED_CONFIG)
 
 
 wildcard_constraints:
@@ -33,62 +50,33 @@ wildcard_constraints:
     variant=r"[a-z0-9_]+",
 
 
-def cohort_input(kind):
-    """Path of a cohort input (dicom_root, clinical, hematology): generated or the user's."""
-    if SYNTHETIC:
-        return {
-            "dicom_root": f"{DEMO_COHORT}/dicom",
-            "clinical": f"{DEMO_COHORT}/clinical.csv",
-            "hematology": f"{DEMO_COHORT}/hematology.csv",
-        }[kind]
-    return config["cohort"][kind]
+# ---- ingest (index -> convert) and per-patient inputs: walk the two checkpoints
+index_dicom_inputs = COHORT.index_inputs
+convert_statuses = ConvertStatuses(checkpoints, RESULTS)
+converted_outputs = PatientOutputs(checkpoints, RESULTS, "patches.npz", "qc.png", "radiomics.tsv")
+converted_radiomics = PatientOutputs(checkpoints, RESULTS, "radiomics.tsv")
+converted_patches = PatientOutputs(checkpoints, RESULTS, "patches.npz")
 
+# ---- cohort inputs
+HEMATOLOGY = COHORT.hematology_inputs()  # [] when the cohort has no hematology table
+HEMATOLOGY_OPTION = option("--hematology", HEMATOLOGY)
 
-def dicom_root_marker():
-    """A file whose existence means the DICOM root is complete (synth writes one)."""
-    if SYNTHETIC:
-        return f"{DEMO_COHORT}/manifest.json"
-    return []
-
-
-# ---- ingest (index -> convert) input functions
-
-def index_dicom_inputs(wildcards):
-    """The DICOM root (a user's folder) or, for the demo, the synth manifest that marks
-    the generated tree complete (the generated folder itself is no declared output)."""
-    if SYNTHETIC:
-        return {"marker": dicom_root_marker()}
-    return {"root": cohort_input("dicom_root")}
-
-
-def converted_status_files(wildcards):
-    """convert_status.json of every patient in the index (waits for the index checkpoint)."""
-    from mmfusion.dicom.index import patients_from_index
-
-    index = checkpoints.index_dicom.get().output[0]
-    return [f"{RESULTS}/patients/{p}/convert_status.json" for p in patients_from_index(index)]
-
-
-# ---- train input functions
-
+# ---- train inputs
+DEEP_VARIANTS, BASELINE_VARIANTS = split_variants(config["model"]["variants"])
+FOLDS = list(range(config["folds"]["n_folds"]))
 FEATURE_CACHE = f"{RESULTS}/cache/features"
+FROZEN = bool(config["model"]["freeze_backbone"])
+FEATURES_OPTION = f"--features {shlex.quote(FEATURE_CACHE)}" if FROZEN else ""
 
 
 def frozen_feature_cache(wildcards):
     """The backbone feature cache train_fold reads when model.freeze_backbone; else none."""
-    return FEATURE_CACHE if config["model"].get("freeze_backbone") else []
+    return FEATURE_CACHE if FROZEN else []
 
 
-# ---- report input functions
-
-
-def truth_table():
-    """The demo cohort's truth.csv (oracle AUC in the report); nothing for a real cohort."""
-    return f"{DEMO_COHORT}/truth.csv" if SYNTHETIC else []
-
-
-def truth_option():
-    return f"--truth {shlex.quote(truth_table())}" if SYNTHETIC else ""
+# ---- report inputs
+TRUTH = COHORT.truth_inputs()  # the demo's truth.csv (oracle AUC); none for a real cohort
+TRUTH_OPTION = option("--truth", TRUTH)
 
 
 # Each rule file appends paths or input functions (wildcards -> paths) of its final

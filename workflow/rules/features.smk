@@ -1,7 +1,6 @@
-# Crop and radiomics, one job per converted patient (status ok only).
+# Crop and radiomics, one job per converted patient (status ok only); the patient list
+# comes from the input functions of common.smk (converted_outputs).
 import json
-
-from mmfusion.cohort.workflow import ConvertStatuses, PatientOutputs
 
 CROP_SETTINGS = json.dumps(config["crop"])
 RADIOMICS_SETTINGS = json.dumps(config["radiomics"])
@@ -10,13 +9,6 @@ RADIOMICS_PARAMS = (
 )
 PATIENT_DIR = f"{RESULTS}/patients/{{patient}}"
 
-
-# Input functions (mmfusion/cohort/workflow.py): walk the index and convert checkpoints.
-convert_statuses = ConvertStatuses(checkpoints, RESULTS)
-converted_outputs = PatientOutputs(
-    checkpoints, RESULTS, "patches.npz", "qc.png", "radiomics.tsv"
-)
-converted_radiomics = PatientOutputs(checkpoints, RESULTS, "radiomics.tsv")
 
 
 rule crop_patient:

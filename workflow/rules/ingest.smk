@@ -11,7 +11,7 @@ checkpoint index_dicom:
     output:
         f"{RESULTS}/dicom_index.tsv",
     params:
-        root=cohort_input("dicom_root"),
+        root=COHORT.dicom_root,
     threads: 4
     resources:
         mem_mb=2000,
@@ -55,7 +55,7 @@ rule convert_patient:
 
 checkpoint summarise_conversion:
     input:
-        converted_status_files,
+        convert_statuses,
     output:
         f"{RESULTS}/qc/convert_summary.tsv",
     log:

@@ -2,20 +2,12 @@
 # Deep variants read a memory-mapped patch cache built once per cohort table; with
 # model.freeze_backbone they read the backbone's feature maps, computed once from it.
 import json
-import shlex
 
 MODEL_SETTINGS = json.dumps({k: v for k, v in config["model"].items() if k != "variants"})
 TRAIN_SETTINGS = json.dumps(config["train"])
 PREPROCESS_SETTINGS = json.dumps(config["preprocess"])
-DEEP_VARIANTS = [v for v in config["model"]["variants"] if v not in ("logreg", "gbm")]
-BASELINE_VARIANTS = [v for v in config["model"]["variants"] if v in ("logreg", "gbm")]
-FOLDS = list(range(config["folds"]["n_folds"]))
 MODEL_DIR = f"{RESULTS}/models/{{variant}}/fold{{fold}}"
-TRAIN_GPUS = 1 if config["train"].get("device") == "cuda" else 0
-FEATURES_OPTION = (f"--features {shlex.quote(FEATURE_CACHE)}"
-                   if config["model"].get("freeze_backbone") else "")
-
-converted_patches = PatientOutputs(checkpoints, RESULTS, "patches.npz")
+TRAIN_GPUS = 1 if config["train"]["device"] == "cuda" else 0
 
 
 rule cache_patches:
@@ -40,7 +32,7 @@ rule cache_patches:
 rule cache_features:
     input:
         cache=rules.cache_patches.output.cache,
-        pretrained=config["model"].get("pretrained") or [],
+        pretrained=config["model"]["pretrained"] or [],
     output:
         features=directory(FEATURE_CACHE),
     params:
@@ -73,7 +65,7 @@ rule train_fold:
         predictions=f"{MODEL_DIR}/predictions.csv",
         metrics=f"{MODEL_DIR}/metrics.json",
     wildcard_constraints:
-        variant="base1|base2|base3|mmfusion",
+        variant=DEEP_VARIANT_PATTERN,
     params:
         model=MODEL_SETTINGS,
         train=TRAIN_SETTINGS,
@@ -110,7 +102,7 @@ rule train_baseline:
         predictions=f"{MODEL_DIR}/predictions.csv",
         metrics=f"{MODEL_DIR}/metrics.json",
     wildcard_constraints:
-        variant="logreg|gbm",
+        variant=BASELINE_PATTERN,
     params:
         train=TRAIN_SETTINGS,
         preprocess=PREPROCESS_SETTINGS,

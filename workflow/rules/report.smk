@@ -8,14 +8,15 @@ rule build_report:
         metrics=expand(
             f"{RESULTS}/models/{{variant}}/fold{{fold}}/metrics.json",
             variant=config["model"]["variants"],
-            fold=range(config["folds"]["n_folds"]),
+            fold=FOLDS,
         ),
         predictions=expand(
             f"{RESULTS}/models/{{variant}}/fold{{fold}}/predictions.csv",
             variant=config["model"]["variants"],
-            fold=range(config["folds"]["n_folds"]),
+            fold=FOLDS,
         ),
-        truth=truth_table(),
+        truth=TRUTH,
+        config=RESOLVED_CONFIG,
     output:
         summary=f"{REPORT_DIR}/metrics_summary.csv",
         variants=f"{REPORT_DIR}/variants.csv",
@@ -31,13 +32,18 @@ rule build_report:
             caption="../report/calibration.rst",
             category="Evaluation",
         ),
+        config=report(
+            f"{REPORT_DIR}/config.resolved.yaml",
+            caption="../report/config.rst",
+            category="Configuration",
+        ),
         auc_by_fold=report(
             f"{REPORT_DIR}/figures/auc_by_fold.png",
             caption="../report/auc_by_fold.rst",
             category="Evaluation",
         ),
     params:
-        truth_option=truth_option(),
+        truth=TRUTH_OPTION,
     log:
         f"{RESULTS}/logs/build_report.log",
     conda:
@@ -45,7 +51,8 @@ rule build_report:
     shell:
         "python -m mmfusion report --metrics {input.metrics:q}"
         " --predictions {input.predictions:q}"
-        " --out \"$(dirname {output.summary:q})\" {params.truth_option}"
+        " --out \"$(dirname {output.summary:q})\" {params.truth}"
+        " --config {input.config:q}"
         " > {log:q} 2>&1"
 
 

@@ -41,7 +41,7 @@ import yaml
 
 from mmfusion.errors import ConfigError, MMFusionError
 from mmfusion.io import atomic_path, write_text_atomic
-from mmfusion.settings import checked_section
+from mmfusion.settings import check_choice, schema_defaults
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ def default_params_path() -> Path:
 
 
 @dataclass(frozen=True)
+@schema_defaults("radiomics")
 class RadiomicsSettings:
-    """Settings of the radiomics stage (config section `radiomics`).
+    """Settings of the radiomics stage (config section `radiomics`; defaults: the schema).
 
     Attributes:
         params: PyRadiomics params YAML; empty means the shipped default.
@@ -68,23 +69,16 @@ class RadiomicsSettings:
         pad_voxels: padding around the ROI bounding box kept for resampling (`ibsi`).
     """
 
-    params: str = ""
-    resampling: str = "ibsi"
-    round_intensities: bool = True
-    node_roi: str = "union"
-    pad_voxels: int = 3
+    params: str
+    resampling: str
+    round_intensities: bool
+    node_roi: str
+    pad_voxels: int
 
     def __post_init__(self) -> None:
-        if self.resampling not in RESAMPLING:
-            raise ConfigError(f"radiomics.resampling must be one of {RESAMPLING}")
-        if self.node_roi not in NODE_ROI:
-            raise ConfigError(f"radiomics.node_roi must be one of {NODE_ROI}")
+        check_choice("radiomics.resampling", self.resampling, RESAMPLING)
+        check_choice("radiomics.node_roi", self.node_roi, NODE_ROI)
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> RadiomicsSettings:
-        """Build from a config section; unknown keys are an error."""
-        section = checked_section(cls, section, "radiomics")
-        return cls(**section)
 
     @property
     def params_path(self) -> Path:
@@ -280,7 +274,7 @@ def run_radiomics(
     patient_dir: str | Path, settings: RadiomicsSettings, extractor: Extractor | None = None
 ) -> dict[str, Any]:
     """Extract features of one converted patient folder; write `radiomics.tsv` + provenance."""
-    from mmfusion.crop import read_converted
+    from mmfusion.features.converted import read_converted
 
     d = Path(patient_dir)
     extractor = extractor or Extractor(settings)

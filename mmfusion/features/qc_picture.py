@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from mmfusion.crop import patch_grid, resample_to
+from mmfusion.features.patches import patch_grid, resample_to
 from mmfusion.io import atomic_path
 
 if TYPE_CHECKING:
-    from mmfusion.crop import CropSettings, Patches
+    from mmfusion.features.patches import CropSettings, Patches
 
 NODE_COLOURS = ("#00d0ff", "#ffd000", "#50ff50", "#ff60ff", "#ffffff")
 CONTEXT = 2.0  # context field / patch size

@@ -1,0 +1,264 @@
+"""The phases of one fold's training run after setup (`mmfusion.train.loop.fit_fold`).
+
+Per epoch: `train_epoch` (one pass over the shuffled, augmented training split),
+`validate_and_select` (score validation, keep the best checkpoint) and `record_epoch` (log
+row, resumable `last.pt`); once at the end: `score_test` (threshold on validation, test
+scored once, outputs written). The run's state travels between them in a `RunState`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfusion.io import atomic_path, write_text_atomic
+from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
+from mmfusion.train.augment import augment
+from mmfusion.train.averaging import WeightAverage
+from mmfusion.train.config import TrainConfig
+from mmfusion.train.dataset import PATCH_KINDS, SplitData
+from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class RunState:
+    """What one fold's run carries from epoch to epoch (and saves in `last.pt`)."""
+
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    out: Path
+    fold: int
+    device: torch.device
+    settings: dict[str, Any]  # recorded in checkpoints; a resume needs the same
+    model: MMFusionModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    diff_opt: torch.optim.Optimizer | None  # extra noise-network updates, or None
+    gen: torch.Generator  # shuffling and augmentation
+    ema: WeightAverage | None
+    start_epoch: int = 0
+    best: tuple[float, float] | None = None  # (validation AUC, Brier) of the chosen epoch
+    best_epoch: int = -1
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def uses_diffusion(self) -> bool:
+        return self.model_cfg.switches[2]
+
+    @property
+    def scored(self) -> MMFusionModel:
+        """The weights validated and saved: the averaged ones when averaging is on."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def phase(self, epoch: int) -> str:
+        """`warmup` (guide only) for the diffusion variant's first epochs, else `joint`."""
+        return "warmup" if self.uses_diffusion and epoch < self.cfg.warmup_epochs else "joint"
+
+
+@dataclass
+class EpochStats:
+    """One training epoch's batch-size-weighted loss sums, guide hits and timings."""
+
+    phase: str
+    sums: dict[str, float] = field(default_factory=dict)
+    n_seen: int = 0
+    correct: int = 0
+    t_data: float = 0.0
+    t_step: float = 0.0
+
+
+def _save(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@torch.no_grad()
+def predict_split(model: MMFusionModel, split: SplitData, batch_size: int,
+                  device: torch.device, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probability and uncertainty `(N,)` for every patient of `split` (eval mode)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)  # same diffusion noise every evaluation
+    probs, uncs = [], []
+    for batch in split.batches(batch_size, device):
+        p, u = model.predict(batch, generator=gen)
+        probs.append(p.float().cpu().numpy())
+        uncs.append(u.float().cpu().numpy())
+    if not probs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(probs), np.concatenate(uncs)
+
+
+def _write_predictions(path: Path, split: SplitData, probs: np.ndarray, uncs: np.ndarray,
+                       fold: int, variant: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", "fold", "variant", "probability", "uncertainty",
+                         "label"])
+        for pid, p, u, y in zip(split.patient_ids, probs, uncs, split.labels, strict=True):
+            writer.writerow([pid, fold, variant, f"{p:.6f}", f"{u:.6f}", int(y)])
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _is_better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    if best is None:
+        return True
+    auc, brier = score
+    best_auc, best_brier = best
+    auc = -math.inf if math.isnan(auc) else auc
+    best_auc = -math.inf if math.isnan(best_auc) else best_auc
+    return auc > best_auc or (auc == best_auc and brier < best_brier)
+
+
+def _extra_diffusion_updates(model: MMFusionModel, batch: Mapping[str, torch.Tensor],
+                             outputs: Any, optimizer: torch.optim.Optimizer, n: int) -> None:
+    """`n` noise-network steps of eq. 6 on this batch's detached features and ŷ."""
+    y0 = torch.nn.functional.one_hot(batch["label"].long(), 2).float()
+    features = outputs.features.detach()
+    y_hat = model.guide_probabilities(outputs.logit.detach())
+    for _ in range(n):
+        loss = model.cfd.loss(y0, features, y_hat)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def _train_mode(model: MMFusionModel) -> None:
+    """Training mode, except a frozen backbone (its BatchNorm statistics stay fixed)."""
+    model.train()
+    if model.cfg.freeze_backbone:
+        model.backbones.eval()
+
+
+def train_epoch(run: RunState, train: SplitData, epoch: int) -> EpochStats:
+    """One shuffled pass over `train`: augment, optimiser step (then the extra noise-network
+    steps and the weight average), and the scheduler's step at the end of the epoch."""
+    cfg, model = run.cfg, run.model
+    stats = EpochStats(run.phase(epoch))
+    _train_mode(model)
+    t0 = time.perf_counter()
+    for batch in train.batches(cfg.batch_size, run.device, run.gen, drop_singleton=True):
+        t1 = time.perf_counter()
+        stats.t_data += t1 - t0
+        for kind in PATCH_KINDS:
+            if kind in batch:  # absent with cached feature maps (frozen backbone)
+                batch[kind] = augment(batch[kind], cfg.augment, run.gen)
+        outputs = model(batch)
+        terms = model.loss(batch, outputs, stats.phase)
+        run.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        run.optimizer.step()
+        if run.diff_opt is not None and stats.phase == "joint":
+            _extra_diffusion_updates(model, batch, outputs, run.diff_opt,
+                                     cfg.diffusion_updates)
+        if run.ema is not None:
+            run.ema.update(model)
+        b = int(batch["label"].shape[0])
+        for key, value in terms.items():
+            stats.sums[key] = stats.sums.get(key, 0.0) + float(value.detach()) * b
+        stats.correct += int(((outputs.logit.detach() > 0).float() == batch["label"]).sum())
+        stats.n_seen += b
+        t0 = time.perf_counter()
+        stats.t_step += t0 - t1
+    run.scheduler.step()
+    return stats
+
+
+def validate_and_select(run: RunState, val: SplitData, epoch: int,
+                        phase: str) -> tuple[float, float]:
+    """Score `val` with the scored weights; when this epoch is eligible and beats the best
+    (AUC, ties: lower Brier), save it as `model.pt`. Returns (AUC, Brier)."""
+    cfg = run.cfg
+    val_p, _ = predict_split(run.scored, val, cfg.batch_size, run.device, cfg.seed)
+    val_auc = safe_auc(val.labels, val_p)
+    val_brier = float(np.mean((val_p - val.labels) ** 2)) if len(val) else math.nan
+    # the diffusion head is untrained during warm-up
+    eligible = phase == "joint" and epoch >= min(cfg.select_from, cfg.epochs - 1)
+    if eligible and _is_better((val_auc, val_brier), run.best):
+        run.best, run.best_epoch = (val_auc, val_brier), epoch
+        _save({"version": CHECKPOINT_VERSION, "epoch": epoch, "settings": run.settings,
+               "model": run.scored.state_dict()}, run.out / "model.pt")
+    return val_auc, val_brier
+
+
+def record_epoch(run: RunState, epoch: int, stats: EpochStats, val_auc: float,
+                 val_brier: float) -> dict[str, Any]:
+    """Append the epoch's log row, write the resumable `last.pt` (weights, optimisers, RNG
+    states, selection so far) and `train_log.csv`. Returns the row."""
+    n_seen = max(stats.n_seen, 1)
+    row = {"epoch": epoch, "phase": stats.phase, "lr": run.optimizer.param_groups[0]["lr"],
+           **{f"train_{k}": v / n_seen for k, v in stats.sums.items() if k != "total"},
+           "train_loss": stats.sums.get("total", 0.0) / n_seen,
+           "train_guide_accuracy": stats.correct / n_seen,
+           "val_auc": val_auc, "val_brier": val_brier,
+           "epoch_seconds": stats.t_data + stats.t_step,
+           "data_wait_share": stats.t_data / max(stats.t_data + stats.t_step, 1e-9)}
+    row.setdefault("train_diffusion", math.nan)
+    run.log.append(row)
+    device, diff_opt, ema = run.device, run.diff_opt, run.ema
+    _save({"version": CHECKPOINT_VERSION, "epoch": epoch, "settings": run.settings,
+           "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+           "scheduler": run.scheduler.state_dict(), "generator": run.gen.get_state(),
+           "diffusion_optimizer": diff_opt.state_dict() if diff_opt is not None else None,
+           "ema": ema.model.state_dict() if ema is not None else None,
+           "torch_rng": torch.get_rng_state(),
+           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+           "best": run.best, "best_epoch": run.best_epoch, "log": run.log},
+          run.out / "last.pt")
+    _write_log(run.out / "train_log.csv", run.log)
+    return row
+
+
+def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]:
+    """Load the chosen checkpoint (fit the temperature on validation for the `difference`
+    probability), pick the threshold on validation, score test once; write the
+    predictions and `metrics.json`. Returns the metrics."""
+    cfg, model, out, device = run.cfg, run.model, run.out, run.device
+    variant, val, test = run.model_cfg.variant, splits["val"], splits["test"]
+    chosen = torch.load(out / "model.pt", map_location=device, weights_only=True)
+    model.load_state_dict(chosen["model"])
+    temperature = None
+    if run.uses_diffusion and run.model_cfg.probability == "difference" and len(val):
+        model.eval()
+        gen_t = torch.Generator().manual_seed(cfg.seed)
+        samples = torch.cat([model.diffusion_samples(b, generator=gen_t)
+                             for b in val.batches(cfg.batch_size, device)])
+        temperature = model.cfd.fit_temperature(samples, torch.from_numpy(val.labels))
+        chosen["model"] = model.state_dict()
+        _save(chosen, out / "model.pt")
+    val_p, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed)
+    threshold = youden_threshold(val.labels, val_p)
+    _write_predictions(out / "val_predictions.csv", val, val_p, val_u, run.fold, variant)
+    test_p, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed)
+    _write_predictions(out / "predictions.csv", test, test_p, test_u, run.fold, variant)
+    metrics = {
+        "variant": variant, "fold": run.fold, "best_epoch": run.best_epoch,
+        "threshold": threshold, "temperature": temperature,
+        "test": binary_metrics(test.labels, test_p, threshold),
+        "val": binary_metrics(val.labels, val_p, threshold),
+        "n_train": len(splits["train"]), "device": str(device),
+        "mean_epoch_seconds": float(np.mean([r["epoch_seconds"] for r in run.log])),
+        "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in run.log])),
+        "settings": run.settings,
+    }
+    write_text_atomic(out / "metrics.json",
+                      json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
+    return metrics
