@@ -63,8 +63,8 @@ def schema_defaults(section: str, *, unread: Collection[str] = ()) -> Callable[[
     A field may not carry a default of its own where the schema has one (defaults are
     defined once), and every key of the section must be a field unless listed in `unread`
     (a key the workflow reads, not this class), so no config key is silently ignored.
-    Unless the class defines its own, it gets `from_config(section_values)`, which refuses
-    unknown keys.
+    The class records those keys as `schema_unread`. Unless the class defines its own, it
+    gets `from_config(section_values)`, which drops the unread keys and refuses unknown ones.
     """
 
     def apply(cls: type[T]) -> type[T]:
@@ -86,9 +86,11 @@ def schema_defaults(section: str, *, unread: Collection[str] = ()) -> Callable[[
                     default_factory=functools.partial(copy.deepcopy, value)))
             else:
                 setattr(cls, name, _frozen(value))
+        cls.schema_unread = frozenset(unread)  # type: ignore[attr-defined]
         if "from_config" not in cls.__dict__:
             def from_config(klass: type[T], values: Mapping[str, Any] | None) -> T:
                 """Build from config section `section`; unknown keys are an error."""
+                values = {k: v for k, v in (values or {}).items() if k not in unread}
                 return klass(**checked_section(klass, values, section))
 
             cls.from_config = classmethod(from_config)  # type: ignore[attr-defined]

@@ -95,15 +95,21 @@ def _set_threads(n: int) -> None:
 
 def run_features(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
+    import logging
+
+    from mmfusion.train.device import describe_device, precision_for, select_device
     from mmfusion.train.features import build_feature_cache
-    from mmfusion.train.loop import TrainConfig, resolve_device
+    from mmfusion.train.loop import TrainConfig
 
     model_cfg = _model_config(args.model_settings)
     train_cfg = TrainConfig.from_config(section_json(args.train_settings, "--train-settings"))
+    device = select_device(train_cfg.device)
+    precision = precision_for(train_cfg.amp, device)
+    logging.getLogger(__name__).info("train features: %s; amp %s", describe_device(device),
+                                     precision.mode)
     out = build_feature_cache(args.cache, model_cfg, train_cfg.seed, args.out,
-                              batch_size=train_cfg.batch_size,
-                              device=resolve_device(train_cfg.device),
-                              progress=train_cfg.progress)
+                              batch_size=train_cfg.batch_size, device=device,
+                              progress=train_cfg.progress, precision=precision)
     print(f"train features: {out}")
     return 0
 
@@ -121,11 +127,14 @@ def run_fold(args: argparse.Namespace) -> int:
         m = run_baseline_fold(args.variant, args.table, args.spec, args.folds, args.fold,
                               preprocess, args.out, seed=int(train_section.get("seed", 0)))
     else:
+        from mmfusion.train.device import precision_for, select_device
         from mmfusion.train.fold import load_fold
         from mmfusion.train.loop import TrainConfig, fit_fold
 
         model_cfg = _model_config(args.model_settings, args.variant)
         train_cfg = TrainConfig.from_config(train_section)
+        # device, GPU and amp problems end the job here, before any data is read
+        precision_for(train_cfg.amp, select_device(train_cfg.device))
         if model_cfg.freeze_backbone or args.features:
             _check_features(args.features, args.cache, model_cfg, train_cfg.seed)
         elif not args.cache:

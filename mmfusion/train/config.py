@@ -11,7 +11,7 @@ from mmfusion.train.augment import AugmentSettings
 
 
 @dataclass(frozen=True)
-@schema_defaults("train")
+@schema_defaults("train", unread=("gpus_per_job",))
 class TrainConfig:
     """Optimisation settings (config section `train`); defaults come from the config
     schema and follow supplement Table 2 (Adam lr 1e-4, weight decay 5e-4, 100 epochs,
@@ -39,12 +39,19 @@ class TrainConfig:
     ema_decay: float
     seed: int
     device: str  # auto | cpu | cuda
+    amp: str  # off | bf16 | fp16: autocast of the forward pass on CUDA
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     progress: bool  # tqdm bars (false in workflow logs)
+
+    def __post_init__(self) -> None:
+        if self.amp is False:  # YAML 1.1 reads a bare `off` as false
+            object.__setattr__(self, "amp", "off")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainConfig:
         """Build from a config section, failing on unknown keys."""
+        # gpus_per_job is the workflow's resource request, not a training setting
+        section = {k: v for k, v in (section or {}).items() if k not in cls.schema_unread}
         section = checked_section(cls, section, "train")
         if "augment" in section:
             section["augment"] = AugmentSettings(

@@ -4,7 +4,10 @@ The crop stage writes one compressed `patches.npz` per patient (CONTRACTS.md). D
 those per sample would dominate a CPU epoch, so `build_patch_cache` stacks them once into
 uncompressed `.npy` files (one per patch kind, `(N, D, H, W)` float32) that are opened
 memory-mapped; a batch is then one fancy-indexing read per kind. Tabular arrays come from
-`FoldPreprocessor` (fitted on the training rows only) and are held in memory.
+`FoldPreprocessor` (fitted on the training rows only) and are held in memory. On a CUDA
+device a batch goes to the GPU from pinned (page-locked) memory without blocking
+(`to_device`), so reading the next batch overlaps the GPU's work; on the CPU nothing is
+copied.
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ def build_patch_cache(patients: Sequence[str], npz_paths: Sequence[str | os.Path
     return cache
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`: for CUDA copied from pinned memory without blocking (the
+    copy is ordered on the current stream before the kernels that read it)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def open_patch_cache(cache_dir: str | os.PathLike[str]) -> tuple[list[str], dict[str, np.ndarray]]:
     """Patient IDs and read-only memory maps of a cache built by `build_patch_cache`."""
     cache = Path(cache_dir)
@@ -105,12 +116,14 @@ class SplitData:
         out: dict[str, torch.Tensor] = {}
         for key, arr in self.patches.items():
             block = torch.from_numpy(np.asarray(arr[sorted_rows], dtype=np.float32)[back])
-            out[key] = (block.unsqueeze(1) if key in PATCH_KINDS else block).to(device)
-        out["node_present"] = torch.from_numpy(
-            np.asarray(self.node_present[cache_rows], dtype=np.uint8)).to(device)
+            out[key] = to_device(block.unsqueeze(1) if key in PATCH_KINDS else block, device)
+        out["node_present"] = to_device(torch.from_numpy(
+            np.asarray(self.node_present[cache_rows], dtype=np.uint8)), device)
         for group, arr in self.tables.items():
-            out[group] = torch.from_numpy(np.asarray(arr[rows], dtype=np.float32)).to(device)
-        out["label"] = torch.from_numpy(self.labels[rows].astype(np.float32)).to(device)
+            out[group] = to_device(torch.from_numpy(np.asarray(arr[rows], dtype=np.float32)),
+                                   device)
+        out["label"] = to_device(torch.from_numpy(self.labels[rows].astype(np.float32)),
+                                 device)
         return out
 
     def batches(self, batch_size: int, device: torch.device,

@@ -12,7 +12,9 @@ Cache layout (one folder, written to a temporary folder and renamed):
 `(N, C, d, h, w)`, memory-mappable), `node_present.npy` (uint8 `(N, 3)`), `patients.json`
 (IDs in row order), `backbone.pt` (state dict of `MMFusionModel.backbones`, loaded with
 `weights_only=True`), `settings.json` (`model`: the settings that determine the maps,
-`patch_cache`: a fingerprint of the patch cache they came from; written last).
+`patch_cache`: a fingerprint of the patch cache they came from; `info`: where they came
+from and the `amp` mode they were computed at (`train.amp`: on CUDA the backbones run
+under autocast; informational, a cache is reused whatever its amp); written last).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from tqdm import tqdm
 from mmfusion.errors import ConfigError, MMFusionError
 from mmfusion.io import atomic_dir
 from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
-from mmfusion.train.dataset import PATCH_KINDS, open_patch_cache
+from mmfusion.train.dataset import PATCH_KINDS, open_patch_cache, to_device
+from mmfusion.train.device import Precision
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +116,15 @@ def _read_settings(features: Path) -> dict[str, Any] | None:
 
 def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelConfig,
                         seed: int, out: str | os.PathLike[str], *, batch_size: int = 12,
-                        device: str | torch.device = "cpu", progress: bool = True) -> Path:
+                        device: str | torch.device = "cpu", progress: bool = True,
+                        precision: Precision | None = None) -> Path:
     """Run the backbone(s) once over every patient of `patch_cache`; write the cache `out`.
 
     Reuses an existing cache whose `settings.json` matches (same map settings, same patch
     cache); otherwise builds a new one in a temporary folder and renames it onto `out`.
     The backbone is `MMFusionModel`'s own (initialised under `seed`, then the pretrained
-    weights), in eval mode, so the maps equal `encode_images` on the same patches.
+    weights), in eval mode, so the maps equal `encode_images` on the same patches
+    (under `precision`'s autocast when given; stored in float32).
     """
     features = Path(out)
     expected = {"model": map_settings(model_cfg, seed),
@@ -129,6 +134,7 @@ def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelCon
         return features
     warn_random_backbone(model_cfg)
     device = torch.device(device)
+    precision = precision or Precision()
     patients, arrays = open_patch_cache(patch_cache)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -143,11 +149,11 @@ def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelCon
         step = max(1, batch_size)
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            batch = {k: torch.from_numpy(np.array(arrays[k][rows], dtype=np.float32))
-                     .unsqueeze(1).to(device) for k in PATCH_KINDS}
-            batch["node_present"] = torch.from_numpy(
-                np.array(arrays["node_present"][rows], dtype=np.uint8)).to(device)
-            with torch.no_grad():
+            batch = {k: to_device(torch.from_numpy(np.array(arrays[k][rows], dtype=np.float32))
+                                  .unsqueeze(1), device) for k in PATCH_KINDS}
+            batch["node_present"] = to_device(torch.from_numpy(
+                np.array(arrays["node_present"][rows], dtype=np.uint8)), device)
+            with torch.no_grad(), precision.autocast():
                 fmaps = model.encode_images(batch)
             for key in FMAP_KEYS:
                 block = fmaps[key].float().cpu().numpy()
@@ -166,7 +172,8 @@ def build_feature_cache(patch_cache: str | os.PathLike[str], model_cfg: ModelCon
         torch.save({k: v.detach().cpu() for k, v in model.backbones.state_dict().items()},
                    tmp / "backbone.pt")
         info = {"patch_cache_path": str(Path(patch_cache).resolve()),
-                "pretrained_path": model_cfg.pretrained, "n_patients": n}
+                "pretrained_path": model_cfg.pretrained, "n_patients": n,
+                "amp": precision.mode}
         (tmp / "settings.json").write_text(json.dumps({**expected, "info": info}, indent=1))
     return features
 

@@ -10,11 +10,14 @@ with that checkpoint. Test labels are used for nothing but the final metrics.
 
 `fit_fold` runs the phases in order: `_setup_run` here, then per epoch `train_epoch`,
 `validate_and_select` and `record_epoch`, and at the end `score_test` (`mmfusion.train.phases`).
+The device (`train.device`; on CUDA one free GPU per process) and the mixed precision
+(`train.amp`) come from `mmfusion.train.device`; the log starts with a line describing them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.averaging import WeightAverage
 from mmfusion.train.config import TrainConfig
 from mmfusion.train.dataset import SplitData
+from mmfusion.train.device import describe_device, precision_for, resolve_device, select_device
 from mmfusion.train.features import check_feature_cache, load_frozen_backbone, warn_random_backbone
 from mmfusion.train.phases import (
     CHECKPOINT_VERSION,
@@ -42,15 +46,8 @@ from mmfusion.train.phases import (
 __all__ = ["CHECKPOINT_VERSION", "TrainConfig", "WeightAverage", "fit_fold", "predict_split",
            "resolve_device"]
 
+log = logging.getLogger(__name__)
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available",
-                          fix="set train.device: auto")
-    return torch.device(name)
 
 def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str, SplitData],
                      features: str | Path | None, device: torch.device) -> dict[str, Any] | None:
@@ -72,15 +69,19 @@ def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str
 
 
 def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, SplitData],
-               out: Path, fold: int, features: str | Path | None) -> RunState:
+               out: Path, fold: int, features: str | Path | None,
+               device: torch.device | None = None) -> RunState:
     """Seed, build the model (frozen backbone loaded), its optimiser(s), scheduler, shuffling
     generator and weight average. The construction order is the order of the random draws,
-    so a seeded run repeats exactly."""
+    so a seeded run repeats exactly. `device` (tools only) skips `train.device`'s
+    resolution and GPU lock."""
     uses_diffusion = model_cfg.switches[2]
     if uses_diffusion and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"train.warmup_epochs ({cfg.warmup_epochs}) leaves no joint "
                           f"epoch of {cfg.epochs}", fix="lower train.warmup_epochs")
-    device = resolve_device(cfg.device)
+    device = device or select_device(cfg.device)
+    precision = precision_for(cfg.amp, device)
+    log.info("%s; amp %s", describe_device(device), precision.mode)
     widths = {g: int(a.shape[1]) for g, a in splits["train"].tables.items()}
 
     torch.manual_seed(cfg.seed)
@@ -104,7 +105,8 @@ def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Sp
         settings["features"] = frozen
     return RunState(model_cfg=model_cfg, cfg=cfg, out=out, fold=fold, device=device,
                     settings=settings, model=model, optimizer=optimizer, scheduler=scheduler,
-                    diff_opt=diff_opt, gen=gen, ema=ema)
+                    diff_opt=diff_opt, gen=gen, ema=ema, precision=precision,
+                    scaler=precision.scaler())
 
 
 def _resume(run: RunState, last: Path) -> None:
@@ -122,6 +124,8 @@ def _resume(run: RunState, last: Path) -> None:
         run.diff_opt.load_state_dict(state["diffusion_optimizer"])
     if run.ema is not None:
         run.ema.model.load_state_dict(state["ema"])
+    if run.scaler is not None and state.get("scaler") is not None:
+        run.scaler.load_state_dict(state["scaler"])
     run.gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if run.device.type == "cuda" and state.get("cuda_rng") is not None:

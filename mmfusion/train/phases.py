@@ -4,6 +4,11 @@ Per epoch: `train_epoch` (one pass over the shuffled, augmented training split),
 `validate_and_select` (score validation, keep the best checkpoint) and `record_epoch` (log
 row, resumable `last.pt`); once at the end: `score_test` (threshold on validation, test
 scored once, outputs written). The run's state travels between them in a `RunState`.
+
+Mixed precision (`train.amp`, `mmfusion.train.device.Precision`) autocasts the backbones
+of every forward pass, in training and evaluation; with fp16 the optimiser step goes
+through a `GradScaler`. The per-step loss sums are read back from the device once per
+epoch (not after every step), so on a GPU the next batch is read while the step runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from mmfusion.train.augment import augment
 from mmfusion.train.averaging import WeightAverage
 from mmfusion.train.config import TrainConfig
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
+from mmfusion.train.device import Precision
 from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
 
 CHECKPOINT_VERSION = 1
@@ -47,6 +53,8 @@ class RunState:
     diff_opt: torch.optim.Optimizer | None  # extra noise-network updates, or None
     gen: torch.Generator  # shuffling and augmentation
     ema: WeightAverage | None
+    precision: Precision = field(default_factory=Precision)  # train.amp in effect
+    scaler: torch.cuda.amp.GradScaler | None = None  # fp16 only
     start_epoch: int = 0
     best: tuple[float, float] | None = None  # (validation AUC, Brier) of the chosen epoch
     best_epoch: int = -1
@@ -75,7 +83,8 @@ class EpochStats:
     n_seen: int = 0
     correct: int = 0
     t_data: float = 0.0
-    t_step: float = 0.0
+    t_step: float = 0.0  # includes the augmentation
+    t_aug: float = 0.0  # CPU time of the augmentation (its random numbers are drawn there)
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -85,13 +94,16 @@ def _save(obj: Any, path: Path) -> None:
 
 @torch.no_grad()
 def predict_split(model: MMFusionModel, split: SplitData, batch_size: int,
-                  device: torch.device, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and uncertainty `(N,)` for every patient of `split` (eval mode)."""
+                  device: torch.device, seed: int, precision: Precision | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Probability and uncertainty `(N,)` for every patient of `split` (eval mode); the
+    backbones under `precision`'s autocast when given."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)  # same diffusion noise every evaluation
+    precision = precision or Precision()
     probs, uncs = [], []
     for batch in split.batches(batch_size, device):
-        p, u = model.predict(batch, generator=gen)
+        p, u = model.predict(precision.image_maps(model, batch), generator=gen)
         probs.append(p.float().cpu().numpy())
         uncs.append(u.float().cpu().numpy())
     if not probs:
@@ -148,11 +160,35 @@ def _train_mode(model: MMFusionModel) -> None:
         model.backbones.eval()
 
 
+def _optimiser_step(run: RunState, total: torch.Tensor) -> None:
+    """Backward pass and step of the main optimiser (through the fp16 gradient scaler)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        total.backward()
+        run.optimizer.step()
+        return
+    run.scaler.scale(total).backward()
+    run.scaler.step(run.optimizer)  # skipped when the scaled gradients overflowed
+    run.scaler.update()
+
+
+def _add_step_stats(stats: EpochStats,
+                    steps: list[tuple[int, dict[str, torch.Tensor], torch.Tensor]]) -> None:
+    """Fold the epoch's per-step (batch size, loss terms, guide hits) into `stats`, in
+    step order (one read-back from the device per epoch)."""
+    for b, terms, hits in steps:
+        for key, value in terms.items():
+            stats.sums[key] = stats.sums.get(key, 0.0) + float(value) * b
+        stats.correct += int(hits)
+        stats.n_seen += b
+
+
 def train_epoch(run: RunState, train: SplitData, epoch: int) -> EpochStats:
     """One shuffled pass over `train`: augment, optimiser step (then the extra noise-network
     steps and the weight average), and the scheduler's step at the end of the epoch."""
     cfg, model = run.cfg, run.model
     stats = EpochStats(run.phase(epoch))
+    steps: list[tuple[int, dict[str, torch.Tensor], torch.Tensor]] = []
     _train_mode(model)
     t0 = time.perf_counter()
     for batch in train.batches(cfg.batch_size, run.device, run.gen, drop_singleton=True):
@@ -161,24 +197,22 @@ def train_epoch(run: RunState, train: SplitData, epoch: int) -> EpochStats:
         for kind in PATCH_KINDS:
             if kind in batch:  # absent with cached feature maps (frozen backbone)
                 batch[kind] = augment(batch[kind], cfg.augment, run.gen)
-        outputs = model(batch)
+        stats.t_aug += time.perf_counter() - t1
+        outputs = model(run.precision.image_maps(model, batch))
         terms = model.loss(batch, outputs, stats.phase)
-        run.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        run.optimizer.step()
+        _optimiser_step(run, terms["total"])
         if run.diff_opt is not None and stats.phase == "joint":
             _extra_diffusion_updates(model, batch, outputs, run.diff_opt,
                                      cfg.diffusion_updates)
         if run.ema is not None:
             run.ema.update(model)
-        b = int(batch["label"].shape[0])
-        for key, value in terms.items():
-            stats.sums[key] = stats.sums.get(key, 0.0) + float(value.detach()) * b
-        stats.correct += int(((outputs.logit.detach() > 0).float() == batch["label"]).sum())
-        stats.n_seen += b
+        steps.append((int(batch["label"].shape[0]),
+                      {key: value.detach() for key, value in terms.items()},
+                      ((outputs.logit.detach() > 0).float() == batch["label"]).sum()))
         t0 = time.perf_counter()
         stats.t_step += t0 - t1
     run.scheduler.step()
+    _add_step_stats(stats, steps)
     return stats
 
 
@@ -187,7 +221,8 @@ def validate_and_select(run: RunState, val: SplitData, epoch: int,
     """Score `val` with the scored weights; when this epoch is eligible and beats the best
     (AUC, ties: lower Brier), save it as `model.pt`. Returns (AUC, Brier)."""
     cfg = run.cfg
-    val_p, _ = predict_split(run.scored, val, cfg.batch_size, run.device, cfg.seed)
+    val_p, _ = predict_split(run.scored, val, cfg.batch_size, run.device, cfg.seed,
+                             run.precision)
     val_auc = safe_auc(val.labels, val_p)
     val_brier = float(np.mean((val_p - val.labels) ** 2)) if len(val) else math.nan
     # the diffusion head is untrained during warm-up
@@ -219,6 +254,7 @@ def record_epoch(run: RunState, epoch: int, stats: EpochStats, val_auc: float,
            "scheduler": run.scheduler.state_dict(), "generator": run.gen.get_state(),
            "diffusion_optimizer": diff_opt.state_dict() if diff_opt is not None else None,
            "ema": ema.model.state_dict() if ema is not None else None,
+           "scaler": run.scaler.state_dict() if run.scaler is not None else None,
            "torch_rng": torch.get_rng_state(),
            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
            "best": run.best, "best_epoch": run.best_epoch, "log": run.log},
@@ -239,15 +275,18 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
     if run.uses_diffusion and run.model_cfg.probability == "difference" and len(val):
         model.eval()
         gen_t = torch.Generator().manual_seed(cfg.seed)
-        samples = torch.cat([model.diffusion_samples(b, generator=gen_t)
+        samples = torch.cat([model.diffusion_samples(run.precision.image_maps(model, b),
+                                                     generator=gen_t)
                              for b in val.batches(cfg.batch_size, device)])
         temperature = model.cfd.fit_temperature(samples, torch.from_numpy(val.labels))
         chosen["model"] = model.state_dict()
         _save(chosen, out / "model.pt")
-    val_p, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed)
+    val_p, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed,
+                                 run.precision)
     threshold = youden_threshold(val.labels, val_p)
     _write_predictions(out / "val_predictions.csv", val, val_p, val_u, run.fold, variant)
-    test_p, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed)
+    test_p, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed,
+                                   run.precision)
     _write_predictions(out / "predictions.csv", test, test_p, test_u, run.fold, variant)
     metrics = {
         "variant": variant, "fold": run.fold, "best_epoch": run.best_epoch,

@@ -28,7 +28,8 @@ rule build_cohort:
     benchmark:
         f"{RESULTS}/benchmarks/build_cohort.tsv"
     resources:
-        mem_mb=2000,
+        mem_mb=RES.mem("build_cohort"),
+        runtime=RES.runtime("build_cohort"),
     conda:
         "../../envs/preprocess.yaml"
     shell:
@@ -49,6 +50,11 @@ rule make_folds:
         settings=FOLDS_SETTINGS,
     log:
         f"{RESULTS}/logs/make_folds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_folds.tsv"
+    resources:
+        mem_mb=RES.mem("make_folds"),
+        runtime=RES.runtime("make_folds"),
     conda:
         "../../envs/preprocess.yaml"
     shell:

@@ -24,6 +24,7 @@ shell.prefix(
 )
 
 from mmfusion.settings import write_resolved_config
+from mmfusion.workflow_resources import RuleResources
 from mmfusion.workflow_inputs import (
     BASELINE_PATTERN,
     DEEP_VARIANT_PATTERN,
@@ -60,6 +61,9 @@ converted_patches = PatientOutputs(checkpoints, RESULTS, "patches.npz")
 # ---- cohort inputs
 HEMATOLOGY = COHORT.hematology_inputs()  # [] when the cohort has no hematology table
 HEMATOLOGY_OPTION = option("--hematology", HEMATOLOGY)
+
+# ---- resources (mem_mb, runtime, gpu) of every rule, scaled from the config
+RES = RuleResources.from_config(config)
 
 # ---- train inputs
 DEEP_VARIANTS, BASELINE_VARIANTS = split_variants(config["model"]["variants"])

@@ -19,12 +19,15 @@ rule crop_patient:
         qc=f"{PATIENT_DIR}/qc.png",
     params:
         settings=CROP_SETTINGS,
+    group:
+        "patients"
     log:
         f"{RESULTS}/logs/crop_patient/{{patient}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/crop_patient/{{patient}}.tsv"
     resources:
-        mem_mb=2000,
+        mem_mb=RES.mem("crop_patient"),
+        runtime=RES.runtime("crop_patient"),
     conda:
         "../../envs/preprocess.yaml"
     shell:
@@ -41,12 +44,15 @@ rule extract_radiomics:
         provenance=f"{PATIENT_DIR}/radiomics_provenance.json",
     params:
         settings=RADIOMICS_SETTINGS,
+    group:
+        "patients"
     log:
         f"{RESULTS}/logs/extract_radiomics/{{patient}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract_radiomics/{{patient}}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=RES.mem("extract_radiomics"),
+        runtime=RES.runtime("extract_radiomics"),
     conda:
         "../../envs/preprocess.yaml"
     shell:

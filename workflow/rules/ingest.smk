@@ -14,7 +14,8 @@ checkpoint index_dicom:
         root=COHORT.dicom_root,
     threads: 4
     resources:
-        mem_mb=2000,
+        mem_mb=RES.mem("index_dicom"),
+        runtime=RES.runtime("index_dicom"),
     log:
         f"{RESULTS}/logs/index_dicom.log",
     benchmark:
@@ -35,8 +36,11 @@ rule convert_patient:
         out=CONVERT_DIR,
         rois=config["rois"],
         convert=config["convert"],
+    group:
+        "patients"
     resources:
-        mem_mb=3000,
+        mem_mb=RES.mem("convert_patient"),
+        runtime=RES.runtime("convert_patient"),
     log:
         f"{RESULTS}/logs/convert_patient/{{patient}}.log",
     benchmark:
@@ -60,6 +64,11 @@ checkpoint summarise_conversion:
         f"{RESULTS}/qc/convert_summary.tsv",
     log:
         f"{RESULTS}/logs/summarise_conversion.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarise_conversion.tsv"
+    resources:
+        mem_mb=RES.mem("summarise_conversion"),
+        runtime=RES.runtime("summarise_conversion"),
     conda:
         "../../envs/preprocess.yaml"
     shell:

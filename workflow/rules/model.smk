@@ -4,10 +4,9 @@
 import json
 
 MODEL_SETTINGS = json.dumps({k: v for k, v in config["model"].items() if k != "variants"})
-TRAIN_SETTINGS = json.dumps(config["train"])
+TRAIN_SETTINGS = json.dumps({k: v for k, v in config["train"].items() if k != "gpus_per_job"})
 PREPROCESS_SETTINGS = json.dumps(config["preprocess"])
 MODEL_DIR = f"{RESULTS}/models/{{variant}}/fold{{fold}}"
-TRAIN_GPUS = 1 if config["train"]["device"] == "cuda" else 0
 
 
 rule cache_patches:
@@ -22,6 +21,9 @@ rule cache_patches:
         f"{RESULTS}/logs/cache_patches.log",
     benchmark:
         f"{RESULTS}/benchmarks/cache_patches.tsv"
+    resources:
+        mem_mb=RES.mem("cache_patches"),
+        runtime=RES.runtime("cache_patches"),
     conda:
         "../../envs/train.yaml"
     shell:
@@ -44,8 +46,9 @@ rule cache_features:
     benchmark:
         f"{RESULTS}/benchmarks/cache_features.tsv"
     resources:
-        mem_mb=8000,
-        gpu=TRAIN_GPUS,
+        mem_mb=RES.mem("cache_features"),
+        runtime=RES.runtime("cache_features"),
+        gpu=RES.gpus,
     conda:
         "../../envs/train.yaml"
     shell:
@@ -80,8 +83,9 @@ rule train_fold:
     benchmark:
         f"{RESULTS}/benchmarks/train_fold/{{variant}}_fold{{fold}}.tsv"
     resources:
-        mem_mb=8000,
-        gpu=TRAIN_GPUS,
+        mem_mb=RES.mem("train_fold"),
+        runtime=RES.runtime("train_fold"),
+        gpu=RES.gpus,
     conda:
         "../../envs/train.yaml"
     shell:
@@ -109,6 +113,11 @@ rule train_baseline:
         out=MODEL_DIR,
     log:
         f"{RESULTS}/logs/train_baseline/{{variant}}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_baseline/{{variant}}_fold{{fold}}.tsv"
+    resources:
+        mem_mb=RES.mem("train_baseline"),
+        runtime=RES.runtime("train_baseline"),
     conda:
         "../../envs/train.yaml"
     shell:

@@ -46,6 +46,11 @@ rule build_report:
         truth=TRUTH_OPTION,
     log:
         f"{RESULTS}/logs/build_report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_report.tsv"
+    resources:
+        mem_mb=RES.mem("build_report"),
+        runtime=RES.runtime("build_report"),
     conda:
         "../../envs/train.yaml"
     shell:

@@ -16,6 +16,9 @@ if SYNTHETIC:
             f"{RESULTS}/logs/synth_cohort.log",
         benchmark:
             f"{RESULTS}/benchmarks/synth_cohort.tsv"
+        resources:
+            mem_mb=RES.mem("synth_cohort"),
+            runtime=RES.runtime("synth_cohort"),
         conda:
             "../../envs/preprocess.yaml"
         shell:
