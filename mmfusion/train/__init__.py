@@ -6,5 +6,7 @@ cache`, `cache_features` = `train features`, `train_fold` / `train_baseline` = `
 - `augment`: batched image augmentation. `config`: the `train` settings.
 - `loop`: one fold's fold-honest training (`fit_fold`), as phases in `phases`;
   `averaging`: weight averaging (`train.ema_decay`).
+- `device`: `train.device` -> torch device (torch and DGL CUDA checks), the log's device
+  line; `gpu_lock`: one free GPU per job on a multi-GPU server.
 - `metrics`: binary metrics and the validation threshold. `fold`: a fold from the cohort files.
 """
