@@ -78,6 +78,7 @@ FIXED: dict[str, tuple[int, int]] = {
     "synth_cohort": (4000, 30),
     "convert_patient": (3000, 15),
     "summarise_conversion": (1000, 5),
+    "preflight": (2000, 10),
     "crop_patient": (2000, 10),
     "extract_radiomics": (4000, 20),
     "build_cohort": (2000, 10),

@@ -8,6 +8,40 @@ TABLES_SETTINGS = json.dumps(config["tables"])
 FOLDS_SETTINGS = json.dumps(config["folds"])
 
 
+# Preflight, right after the index and before any conversion (convert_patient waits for
+# it): the index against the tables and the config, in seconds. Errors stop the run; the
+# findings TSV is declared as a log so it stays when the check fails.
+rule preflight:
+    input:
+        clinical=COHORT.clinical,
+        hematology=HEMATOLOGY,
+        index=f"{RESULTS}/dicom_index.tsv",
+    output:
+        summary=f"{RESULTS}/qc/preflight_summary.json",
+    params:
+        cohort=COHORT_KEYS,
+        tables=TABLES_SETTINGS,
+        rois=json.dumps(config["rois"]),
+        folds=FOLDS_SETTINGS,
+        hematology=HEMATOLOGY_OPTION,
+    log:
+        report=f"{RESULTS}/qc/preflight.tsv",
+        log=f"{RESULTS}/logs/preflight.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preflight.tsv"
+    resources:
+        mem_mb=RES.mem("preflight"),
+        runtime=RES.runtime("preflight"),
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m mmfusion check --index {input.index:q} --clinical {input.clinical:q}"
+        " {params.hematology} --cohort-settings {params.cohort:q}"
+        " --tables-settings {params.tables:q} --rois-settings {params.rois:q}"
+        " --folds-settings {params.folds:q} --report {log.report:q}"
+        " --summary {output.summary:q} > {log.log:q} 2>&1"
+
+
 rule build_cohort:
     input:
         clinical=COHORT.clinical,
@@ -67,5 +101,6 @@ FINAL_TARGETS.extend(
         rules.build_cohort.output.table,
         rules.build_cohort.output.exclusions,
         rules.make_folds.output.folds,
+        rules.preflight.output.summary,
     ]
 )

@@ -30,6 +30,7 @@ checkpoint index_dicom:
 rule convert_patient:
     input:
         index=f"{RESULTS}/dicom_index.tsv",
+        preflight=f"{RESULTS}/qc/preflight_summary.json",
     output:
         status=f"{CONVERT_DIR}/convert_status.json",
     params:
