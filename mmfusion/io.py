@@ -1,10 +1,17 @@
-"""Atomic output writing: an interrupted job never leaves a file that looks complete."""
+"""Atomic output writing: an interrupted job never leaves a file that looks complete.
+
+Temporary names carry this host and process (`.NAME.HOST-PID.XXXX.tmp...`), so the next
+writer of the same output removes what a killed writer (SIGKILL, a scheduler's time limit)
+left behind, and never touches a temporary of a process that is still running.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +23,41 @@ def _umask() -> int:
     return mask
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _prefix(final: Path) -> str:
+    return f".{final.name}.{_host()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporaries of `final` left by dead processes of this host; returns them."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.{re.escape(_host())}-(\d+)\.")
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for entry in final.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
@@ -25,8 +67,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     suffix = "".join(final.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
+    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(final), suffix=f".tmp{suffix}",
                                     dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -52,7 +95,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     that may exist), on failure it is removed, so a half-written folder never looks done."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():
