@@ -52,6 +52,18 @@ def _edit(path: Path, **changes) -> None:
     ds.save_as(path)
 
 
+def _edit_contour(path: Path, change) -> None:
+    """Rewrite, in the file's bytes, the first ContourData with `change(values as strings)`
+    (same length, space-padded: pydicom refuses to write the broken values we want)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"\x06\x30\x50\x00DS")
+    length = int.from_bytes(raw[at + 6:at + 8], "little")
+    values = bytes(raw[at + 8:at + 8 + length]).decode().strip().split("\\")
+    new = "\\".join(change(values)).encode()
+    raw[at + 8:at + 8 + length] = new.ljust(length)
+    path.write_bytes(bytes(raw))
+
+
 def _messy_tree(root: Path) -> None:
     """One case per kind of problem the index records."""
     _case(root / "shared_a", _grid("SHARED"))
@@ -66,7 +78,7 @@ def _messy_tree(root: Path) -> None:
     nomod.PatientID = "X"
     nomod.file_meta = FileMetaDataset()
     nomod.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    nomod.save_as(root / "nomod.dcm", enforce_file_format=False)
+    nomod.save_as(root / "DICOMDIR", enforce_file_format=False)  # (a `.dcm` name: damaged)
     g = _grid("TWOFIT")
     _case(root / "twofit", g, referenced_series=None)
     write_ct(root / "twofit" / "ct2", _grid("TWOFIT", for_uid=g.for_uid, study_uid=g.study_uid))
@@ -96,6 +108,19 @@ def _messy_tree(root: Path) -> None:
     _case(root / "beyond", _grid("BEYOND"), centre=(14.0, 8.0), radius=6.0,
           referenced_series=None)
     _case(root / "nofit", _grid("NOFIT"), referenced_series=None, for_uid="1.2.3.777")
+    # hostile inputs (tests/test_hostile_inputs.py): codes added for them
+    _case(root / "nan", _grid("NANCD"))
+    _edit_contour(root / "nan" / "rs.dcm", lambda values: ["NaN", *values[1:]])
+    _case(root / "malformed", _grid("MALFORMED"))
+    ds = pydicom.dcmread(root / "malformed" / "rs.dcm")
+    del ds.ROIContourSequence[0].ReferencedROINumber
+    ds.save_as(root / "malformed" / "rs.dcm")
+    _case(root / "damaged", _grid("DAMAGED"))
+    (root / "damaged" / "ct" / "img_9999.dcm").write_bytes(b"")  # a lost slice
+    files = _case(root / "stray", _grid("STRAY"))
+    _edit(files[-1], SeriesInstanceUID=generate_uid())  # a damaged UID splits a slice off
+    _case(root / "case_a", _grid("CaseA"))
+    _case(root / "case_b", _grid("casea"))
     plan = _base(root / "plan.dcm", "1.2.840.10008.5.1.4.1.1.481.5", generate_uid(),
                  _grid("PLAN"), "RTPLAN")
     plan.save_as(root / "plan.dcm", enforce_file_format=True)

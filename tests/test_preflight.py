@@ -163,3 +163,25 @@ def test_the_workflow_stops_at_preflight_before_any_conversion(tmp_path: Path) -
     assert "error\tno_tumour_roi_anywhere" in report
     assert not list((tmp_path / "results").glob("patients/*/convert_status.json"))
     assert "matches no ROI of any patient" in (tmp_path / "results/logs/preflight.log").read_text()
+
+
+def test_an_invalid_regex_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config["rois"]["node"] = "GTV-N("
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    res = _snakemake(["-n", "--configfile", str(cfg)])
+    assert res.returncode != 0
+    assert "rois.node is not a valid regular expression" in res.stderr + res.stdout
+
+
+def test_convert_with_an_invalid_regex_fails_instead_of_excluding(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "mmfusion", "convert", str(tmp_path), "--out",
+           str(tmp_path / "out"), "--status-out", str(tmp_path / "status.json"),
+           "--tumour-roi", "GTV-T("]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 1
+    assert "rois.tumour is not a valid regular expression" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "status.json").exists()

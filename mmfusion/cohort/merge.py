@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mmfusion.cohort.status import read_convert_status
 from mmfusion.cohort.tables import TableSettings, read_tables
 from mmfusion.errors import TableError
-from mmfusion.ids import sanitize_id
+from mmfusion.ids import NO_PATIENT_ID, sanitize_id
 from mmfusion.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ SPEC_VERSION = 1
 NODE_FLAGS = ["gtvn_present", "gtvn_count"]
 INFO_COLUMNS: list[str] = []
 EXCLUSION_COLUMNS = ["patient_id", "stage", "reason"]
+_NO_PATIENT_ID_REASON = ("DICOM objects without a PatientID: they cannot be joined to a"
+                         " clinical row (listed in dicom_index.tsv with problem no_patient_id)")
 
 
 @dataclass
@@ -63,8 +66,13 @@ def read_cohort_table(path: str | Path, spec: dict[str, Any]) -> pd.DataFrame:
 
 def _sanitised_index(df: pd.DataFrame, path: str) -> pd.DataFrame:
     safe = [sanitize_id(i) for i in df.index]
-    if len(set(safe)) != len(safe):
-        raise TableError("two patient IDs map to the same sanitised ID", path=path)
+    first: dict[str, str] = {}
+    for raw, folder in zip(df.index, safe, strict=True):
+        if folder in first:
+            raise TableError(f"patient IDs {first[folder]!r} and {raw!r} map to the same"
+                             f" folder name {folder!r}", patient=str(raw), path=path,
+                             fix="give each patient a distinct ID")
+        first[folder] = raw
     out = df.copy()
     out.index = pd.Index(safe, name="patient_id")
     return out
@@ -74,9 +82,20 @@ def read_radiomics_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Concatenate per-patient `radiomics.tsv` rows; all must have the same columns."""
     rows, columns = [], None
     for p in paths:
-        df = pd.read_csv(p, sep="\t", dtype={"patient_id": str})
+        try:
+            df = pd.read_csv(p, sep="\t", dtype={"patient_id": str})
+        except pd.errors.EmptyDataError:
+            raise TableError("empty radiomics row file", path=str(p),
+                             fix="re-run the extract_radiomics rule for this patient") from None
         if df.shape[0] != 1:
             raise TableError(f"expected one row, found {df.shape[0]}", path=str(p))
+        numeric = df.drop(columns="patient_id", errors="ignore").select_dtypes("number")
+        infinite = [c for c in numeric.columns if np.isinf(numeric[c].to_numpy(float)).any()]
+        if infinite:
+            raise TableError(f"infinite radiomics value(s) in column(s) {infinite[:5]}",
+                             patient=str(df["patient_id"].iloc[0]) if "patient_id" in df
+                             else None, path=str(p),
+                             fix="check this patient's masks; re-run extract_radiomics")
         if columns is None:
             columns = list(df.columns)
         elif list(df.columns) != columns:
@@ -103,7 +122,8 @@ def build_cohort(
         status_paths: every patient's `convert_status.json` (ok and excluded).
         settings: table declarations.
         unlinked_patients: sanitised IDs found in the DICOM index without a CT linked to
-            an RTSTRUCT (listed as excluded at the index stage).
+            an RTSTRUCT (listed as excluded at the index stage); `ids.NO_PATIENT_ID` stands
+            for the objects that have no PatientID.
     """
     clin, hema = read_tables(clinical, hematology, settings)
     clin = _sanitised_index(clin, str(clinical))
@@ -122,7 +142,8 @@ def build_cohort(
     seen = set(ok) | {e["patient_id"] for e in excl}
     for pid in sorted(set(unlinked_patients) - seen):
         excl.append({"patient_id": pid, "stage": "index",
-                     "reason": "no CT series linked to an RTSTRUCT"})
+                     "reason": _NO_PATIENT_ID_REASON if pid == NO_PATIENT_ID
+                     else "no CT series linked to an RTSTRUCT"})
         seen.add(pid)
     for pid in sorted((set(clin.index) | set(hema.index)) - seen):
         excl.append({"patient_id": pid, "stage": "cohort",

@@ -3,8 +3,9 @@
 Config declares the ID column, the label column with its positive (and negative) values,
 and which columns are numeric or categorical (with their levels). Undeclared columns are
 ignored; declared ones are checked: numbers parse, categories are known levels, IDs are
-unique and non-empty, labels are one of the declared values. Missing cells (empty, NA,
-NaN, ?) stay missing and are imputed later, inside each fold.
+unique and non-empty, labels are one of the declared values, numbers are finite (`inf` is
+refused, naming the column and patients). Missing cells (empty, NA, NaN, ?) stay missing
+and are imputed later, inside each fold. An empty file is refused in one line.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ def _norm(value: Any) -> str:
     return repr(int(number)) if number.is_integer() else repr(number)
 
 
+def _overflow(text: str) -> float:
+    """±inf for a number too large for a float ('1e999'), else NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        return np.nan
+    return value if np.isinf(value) else np.nan
+
+
 def _csv_separator(path: Path) -> str:
     """`;` when the header line of a .csv has semicolons and no commas, else `,`."""
     with open(path, errors="replace") as fh:
@@ -134,9 +144,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise TableError("cannot tell the column separator", path=str(p),
                              fix="save the table as .csv or .tsv") from err
     try:
-        return pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False)
+        table = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TableError("the table is empty (no header line)", path=str(p),
+                         fix="export the table again, with a header line and one row per"
+                         " patient") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise TableError(f"cannot parse table: {err}", path=str(p)) from err
+        raise TableError(f"cannot parse table: {' '.join(str(err).split())}",
+                         path=str(p)) from None
+    if table.empty:
+        raise TableError("the table has a header line but no rows", path=str(p),
+                         fix="export the table again, with one row per patient")
+    return table
 
 
 def validate_table(
@@ -186,10 +205,21 @@ def validate_table(
         s = cells(col)
         num = pd.to_numeric(s, errors="coerce")
         bad = s.notna() & num.isna()
+        if bad.any():  # pandas reads an overflowing '1e999' as not-a-number: it is infinite
+            num[bad] = s[bad].map(_overflow)
+            bad = s.notna() & num.isna()
         if bad.any():
             pid = s.index[bad][0]
             raise TableError(f"column {col}: {s[pid]!r} is not a number", patient=pid, path=path,
                              fix=f"correct the value or declare {col} as categorical")
+        infinite = np.isinf(num.to_numpy(dtype=float))
+        if infinite.any():
+            pids = list(s.index[infinite])
+            lines = [int(i) + 2 for i in np.flatnonzero(infinite)]
+            raise TableError(
+                f"column {col}: infinite value {s[pids[0]]!r} for patient(s) {pids[:5]}"
+                f" (line(s) {lines[:5]})", patient=pids[0], path=path,
+                fix="enter a finite number, or leave the cell empty if it is unknown")
         out[col] = num.astype(float)
     for col, levels in spec.categorical.items():
         s = cells(col)

@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
                                  ("missing_gap_factor", args.missing_gap_factor),
                                  ("uneven_tolerance", args.uneven_tolerance)) if v is not None}
     patient = args.patient or args.patient_dir
+    # a bad setting (e.g. an invalid ROI regex) is the user's config, not this patient's
+    # data: it stops the job instead of excluding every patient
+    settings = ConvertSettings.from_config(rois, convert)
     try:
-        settings = ConvertSettings.from_config(rois, convert)
         if args.index:
             inputs = inputs_from_index(args.index, args.patient, settings)
         else:

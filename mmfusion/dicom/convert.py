@@ -21,6 +21,7 @@ from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
 from mmfusion.dicom.rtstruct import parse_rtstruct
 from mmfusion.dicom.series import SeriesChecks, load_ct_series
 from mmfusion.errors import ConfigError, DicomError
+from mmfusion.ids import NO_PATIENT_ID
 from mmfusion.io import atomic_path
 from mmfusion.settings import schema_defaults
 
@@ -59,6 +60,11 @@ class ConvertSettings:
             raise ConfigError("convert.plane_tolerance must be in (0, 0.5]")
         return settings
 
+    def __post_init__(self) -> None:
+        # An invalid ROI regex is a config error now, not an exclusion of every patient.
+        compile_roi_regex(self.tumour, "tumour")
+        compile_roi_regex(self.node, "node")
+
     def checks(self) -> SeriesChecks:
         return SeriesChecks(missing_gap_factor=self.missing_gap_factor,
                             uneven_tolerance=self.uneven_tolerance)
@@ -81,16 +87,18 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
     Decisions key on the rows' `problem_codes` only; the messages are just shown.
     Raises DicomError for every refusal (no linked RTSTRUCT, shared PatientID, ...).
     """
-    mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]]
+    mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]
+            and r["patient"] != NO_PATIENT_ID and r["patient_id"]]
     if not mine:
         raise DicomError("no DICOM object of this patient in the index", patient=patient,
                          fix="check the PatientID or re-run `mmfusion index`")
     patient_id = mine[0]["patient_id"]
     for row in mine:
-        shared = problem_messages(row, Problem.SHARED_PATIENT_ID)
-        if shared:
-            raise DicomError(shared[0], patient=patient_id, path=_first_file(row),
-                             fix="give each patient a unique PatientID")
+        for code in (Problem.SHARED_PATIENT_ID, Problem.PATIENT_ID_COLLISION):
+            refused = problem_messages(row, code)
+            if refused:
+                raise DicomError(refused[0], patient=patient_id, path=_first_file(row),
+                                 fix="give each patient a unique PatientID")
     structs = [r for r in mine if r["modality"] == "RTSTRUCT"]
     if not structs:
         raise DicomError("no RTSTRUCT for this patient", patient=patient_id,
@@ -101,11 +109,20 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
         raise DicomError(f"no RTSTRUCT is linked to a CT series ({problems})",
                          patient=patient_id, path=_first_file(structs[0]),
                          fix="add the referenced CT series to the DICOM root")
-    tumour = compile_roi_regex(settings.tumour, "tumour")
-    with_tumour = [r for r in linked if match_rois(r["roi_names"], tumour)]
-    choice = with_tumour or linked
-    choice.sort(key=lambda r: r["structure_set_date"], reverse=True)
     warnings = []
+    intact = [r for r in linked if not _DAMAGED_RTSTRUCT & set(r["problem_codes"])]
+    if not intact:
+        damage = next(m for m, c in zip(linked[0]["problems"], linked[0]["problem_codes"],
+                                         strict=True) if c in _DAMAGED_RTSTRUCT)
+        raise DicomError(f"damaged RTSTRUCT: {damage}", patient=patient_id,
+                         path=_first_file(linked[0]), fix="export the RTSTRUCT again")
+    if len(intact) < len(linked):
+        warnings.append(f"{len(linked) - len(intact)} damaged RTSTRUCT(s) skipped"
+                        f" ({', '.join(_first_file(r) for r in linked if r not in intact)})")
+    tumour = compile_roi_regex(settings.tumour, "tumour")
+    with_tumour = [r for r in intact if match_rois(r["roi_names"], tumour)]
+    choice = with_tumour or intact
+    choice.sort(key=lambda r: r["structure_set_date"], reverse=True)
     if len(choice) > 1:
         warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
                         f" ({_first_file(choice[0])})")
@@ -124,6 +141,24 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
     if len(series) != 1:
         raise DicomError(f"linked CT series {struct['linked_series_uid']} not found once in"
                          " the index", patient=patient_id, path=_first_file(struct))
+    folders = {Path(f).parent for f in series[0]["files"]}
+    lone = [r for r in rows if r is not series[0] and len(r["files"]) == 1
+            and Path(r["files"][0]).parent in folders]
+    stray = problem_messages(series[0], Problem.STRAY_SLICE)
+    if stray:
+        beside = [r for r in lone if not r["sop_instance_uid"]  # image series rows
+                  and r["modality"] not in ("UNREADABLE", "NON-DICOM")]
+        raise DicomError(f"CT series refused: {stray[0]}", patient=patient_id,
+                         path=_first_file(beside[0] if len(beside) == 1 else series[0]),
+                         fix="repair the slice's header, or put a separate series in its"
+                         " own folder")
+    unreadable = problem_messages(series[0], Problem.UNREADABLE_IN_SERIES_FOLDER)
+    if unreadable:
+        beside = [r for r in lone if r["modality"] == "UNREADABLE"]
+        raise DicomError(f"CT series refused: {unreadable[0]}", patient=patient_id,
+                         path=_first_file(beside[0] if beside else series[0]),
+                         fix="replace the damaged file with a good copy, or remove it if it"
+                         " is not a slice of this series")
     others = [r for r in mine if r["modality"] == "CT" and r is not series[0]]
     if others:
         warnings.append(f"{len(others)} other CT series ignored (not referenced by the"
@@ -136,6 +171,9 @@ def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> 
         rtstruct=str(Path(struct["dicom_root"]) / struct["files"][0]),
         warnings=warnings,
     )
+
+
+_DAMAGED_RTSTRUCT = frozenset({Problem.TRUNCATED, Problem.MALFORMED_RTSTRUCT})
 
 
 def _first_file(row: dict) -> str:
@@ -151,7 +189,7 @@ def inputs_from_folder(folder: str | Path, settings: ConvertSettings,
                        workers: int = 1) -> PatientInputs:
     """Crawl one patient's folder and select its inputs; refuse several PatientIDs."""
     rows = index_dicom(folder, workers=workers, progress=False)
-    ids = sorted({r["patient"] for r in rows if r["patient"]})
+    ids = sorted({r["patient"] for r in rows if r["patient"] and r["patient"] != NO_PATIENT_ID})
     if not ids:
         raise DicomError("no DICOM object with a PatientID in the folder", path=str(folder))
     if len(ids) > 1:
@@ -207,6 +245,7 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
     tumour_names = match_rois(names, compile_roi_regex(settings.tumour, "tumour"))
     node_names = [n for n in match_rois(names, compile_roi_regex(settings.node, "node"))
                   if n not in tumour_names]
+    warnings.extend(_contour_data_problems(rs, {*tumour_names, *node_names}, pid))
     if not tumour_names:
         raise DicomError(
             f"no ROI name matches the tumour pattern {settings.tumour!r}", patient=pid,
@@ -295,6 +334,22 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
     }
     tmp["rois.json"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _contour_data_problems(rs, used: set[str], pid: str) -> list[str]:
+    """Refuse unusable ContourData in a used ROI (its mask would silently lose contours);
+    return warnings for the ROIs that are not used."""
+    warnings = []
+    for roi in rs.rois:
+        if not roi.problems:
+            continue
+        more = f" (and {len(roi.problems) - 1} more)" if len(roi.problems) > 1 else ""
+        if roi.name in used:
+            raise DicomError(f"ROI {roi.name!r}: {roi.problems[0]}{more}", patient=pid,
+                             path=rs.path, fix="repair or re-export the RTSTRUCT")
+        warnings.append(f"ROI {roi.name!r} (not used): {len(roi.problems)} contour(s) with"
+                        f" unusable ContourData skipped ({roi.problems[0]})")
+    return warnings
 
 
 def _crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:

@@ -1,6 +1,10 @@
 """Crawl a DICOM tree and read each file's header into a picklable record (in parallel).
 
 Kept apart from grouping/linking so the slow, per-file part can run in worker processes.
+A damaged file is recorded as UNREADABLE (never skipped silently): one named like DICOM
+(`.dcm`, ...) that is not DICOM, an object whose data set lost its Modality/SOPClassUID
+while its file meta names a storage class, an image without SeriesInstanceUID. The index
+then names it on every image series in the same folder (it may be a lost slice).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion.dicom.problems import Problem, add_problem
+from mmfusion.dicom.reading import quiet_pydicom, read_quietly, truncation
 
 _SERIAL_BELOW = 64  # fewer files than this: no worker processes
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")  # a file so named is meant to be DICOM
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
 def _person_key(ds) -> str:
@@ -38,36 +45,61 @@ def read_header(path: str) -> dict:
     from pydicom.errors import InvalidDicomError
 
     record: dict = {"path": path, "problems": [], "problem_codes": []}
+    named_dicom = Path(path).suffix.lower() in DICOM_SUFFIXES
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
             try:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+                ds, eof = read_quietly(lambda: pydicom.dcmread(fh, stop_before_pixels=True))
             except InvalidDicomError:
                 fh.seek(0)
                 head = fh.read(2)
                 if head not in (b"\x08\x00", b"\x02\x00"):  # preamble-less DICOM starts so
+                    if named_dicom:
+                        return _damaged(record, f"(named like DICOM but not DICOM, {size} bytes)")
                     record["modality"] = "NON-DICOM"
                     add_problem(record, Problem.NOT_DICOM, "not a DICOM file")
                     return record
                 fh.seek(0)
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                ds, eof = read_quietly(
+                    lambda: pydicom.dcmread(fh, stop_before_pixels=True, force=True))
             pixel_offset = fh.tell()
     except Exception as err:  # truncated headers raise assorted errors
-        record["modality"] = "UNREADABLE"
-        add_problem(record, Problem.UNREADABLE,
-                    f"unreadable DICOM ({type(err).__name__}: {err})"[:200])
-        return record
+        return _damaged(record, f"({type(err).__name__}: {err})")
+    try:
+        with quiet_pydicom():
+            return _describe(ds, record, named_dicom=named_dicom, eof=eof,
+                             pixel_bytes=size - pixel_offset)
+    except Exception as err:  # a garbled value (Rows = 'abc', ...): the file is damaged
+        fresh = {"path": path, "problems": [], "problem_codes": []}
+        return _damaged(fresh, f"(garbled header: {type(err).__name__}: {err})")
+
+
+def _describe(ds, record: dict, *, named_dicom: bool, eof: str, pixel_bytes: int) -> dict:
+    """Fill `record` from a data set read without pixels (see `read_header`)."""
     modality = str(getattr(ds, "Modality", "") or "").upper()
     if not modality and "SOPClassUID" not in ds:
+        meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+                         or "")
+        if meta_class != _DICOMDIR_CLASS and (meta_class or named_dicom):
+            why = f"its file meta names SOP class {meta_class}" if meta_class else \
+                "it is named like a DICOM object"
+            return _damaged(record, f"(no Modality or SOPClassUID although {why})")
         record["modality"] = "NON-DICOM"
         add_problem(record, Problem.NO_MODALITY,
                     "no Modality or SOPClassUID (DICOMDIR or not an object)")
         return record
+    if not modality:  # Modality is required of every object: the header is damaged
+        return _damaged(record, "(no Modality: header cut short or garbled)")
+    damage = truncation(ds) or eof
+    if modality != "RTSTRUCT":  # a damaged RTSTRUCT keeps its row: convert names it
+        why = _image_damage(ds, modality, damage)
+        if why:
+            return _damaged(record, why)
     record.update(
         patient_id=str(getattr(ds, "PatientID", "") or "").strip(),
         person=_person_key(ds),
-        modality=modality or "?",
+        modality=modality,
         sop_class_uid=str(getattr(ds, "SOPClassUID", "") or ""),
         study_uid=str(getattr(ds, "StudyInstanceUID", "") or ""),
         series_uid=str(getattr(ds, "SeriesInstanceUID", "") or ""),
@@ -88,17 +120,47 @@ def read_header(path: str) -> dict:
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
             samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
             expected = ds.Rows * ds.Columns * samples * frames * bits // 8
-            if size - pixel_offset < expected + 8:
+            if pixel_bytes < expected + 8:
                 add_problem(record, Problem.TRUNCATED,
-                            f"truncated: {size - pixel_offset} bytes of pixel data,"
+                            f"truncated: {pixel_bytes} bytes of pixel data,"
                             f" {expected} expected")
+    if damage:
+        add_problem(record, Problem.TRUNCATED, f"truncated: {damage}")
     if modality == "RTSTRUCT":
-        _rtstruct_facts(ds, record)
+        try:
+            _rtstruct_facts(ds, record)
+        except Exception as err:  # a damaged data set: record it, index the rest
+            add_problem(record, Problem.MALFORMED_RTSTRUCT,
+                        " ".join(f"malformed RTSTRUCT ({type(err).__name__}: {err})".split())
+                        [:200])
+    return record
+
+
+def _image_damage(ds, modality: str, truncated: str) -> str:
+    """Why a non-RTSTRUCT object is damaged ("" if it is not): a truncated header, a CT
+    without Rows/Columns or SeriesInstanceUID, a garbled UID (which would split a slice
+    off into a series of its own)."""
+    if truncated:
+        return f"(truncated or garbled header: {truncated})"
+    if modality == "CT" and ("Rows" not in ds or "Columns" not in ds):
+        return "(CT object without Rows/Columns)"
+    if "Rows" in ds and not str(getattr(ds, "SeriesInstanceUID", "") or ""):
+        return f"({modality or 'image'} object without SeriesInstanceUID)"
+    garbled = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                           "FrameOfReferenceUID")
+               if not (str(getattr(ds, k, "") or "").isascii()
+                       and str(getattr(ds, k, "") or "").isprintable())]
+    return f"(garbled {', '.join(garbled)})" if garbled else ""
+
+
+def _damaged(record: dict, why: str) -> dict:
+    record["modality"] = "UNREADABLE"
+    add_problem(record, Problem.UNREADABLE, " ".join(f"unreadable DICOM {why}".split())[:200])
     return record
 
 
 def _rtstruct_facts(ds, record: dict) -> None:
-    from mmfusion.dicom.rtstruct import _CONTOUR_DATA, _raw_floats, referenced_series_uids
+    from mmfusion.dicom.rtstruct import contour_points, referenced_series_uids, structure_problems
 
     fors, series = referenced_series_uids(ds)
     for item in getattr(ds, "StructureSetROISequence", []) or []:
@@ -111,15 +173,25 @@ def _rtstruct_facts(ds, record: dict) -> None:
                            for i in getattr(ds, "StructureSetROISequence", []) or []]
     record["structure_set_date"] = (f"{getattr(ds, 'StructureSetDate', '') or ''}"
                                     f"{getattr(ds, 'StructureSetTime', '') or ''}")
+    for problem in structure_problems(ds):
+        add_problem(record, Problem.MALFORMED_RTSTRUCT, f"malformed RTSTRUCT: {problem}")
+    names = {str(getattr(i, "ROINumber", "")): str(getattr(i, "ROIName", "") or "").strip()
+             for i in getattr(ds, "StructureSetROISequence", []) or []}
     lo = np.full(3, np.inf)
     hi = np.full(3, -np.inf)
+    bad: dict[str, list[str]] = {}
     for roi in getattr(ds, "ROIContourSequence", []) or []:
-        for contour in getattr(roi, "ContourSequence", []) or []:
-            pts = _raw_floats(contour, _CONTOUR_DATA)
-            if pts.size and pts.size % 3 == 0:
-                pts = pts.reshape(-1, 3)
+        name = names.get(str(getattr(roi, "ReferencedROINumber", "")), "?")
+        for i, contour in enumerate(getattr(roi, "ContourSequence", []) or [], start=1):
+            pts, why = contour_points(contour)
+            if pts is None:
+                bad.setdefault(name, []).append(f"contour {i}: {why}")
+            elif pts.size:
                 lo = np.minimum(lo, pts.min(axis=0))
                 hi = np.maximum(hi, pts.max(axis=0))
+    for name, whys in bad.items():
+        more = f" (and {len(whys) - 1} more)" if len(whys) > 1 else ""
+        add_problem(record, Problem.BAD_CONTOUR_DATA, f"ROI {name!r}: {whys[0]}{more}")
     record["contour_bbox"] = [lo.tolist(), hi.tolist()] if np.isfinite(lo).all() else None
 
 

@@ -6,6 +6,10 @@ its referenced SeriesInstanceUID, else by Frame of Reference plus geometry (the 
 bounding box must lie within the series). PatientID is kept for joining tables;
 PatientName and BirthDate are read only to detect two people sharing one PatientID and
 are never written. Every problem is recorded as a message plus a `Problem` code.
+Objects without a PatientID get the `patient` value `mmfusion.ids.NO_PATIENT_ID` (never a
+folder): they are not linked and appear in `qc/exclusions.tsv`. Two PatientIDs whose
+folder names are equal (ignoring case) are both marked `PATIENT_ID_COLLISION`. A file that
+cannot be read is named on every image series in its folder (`UNREADABLE_IN_SERIES_FOLDER`).
 
 This module is the orchestration; the parts live in `headers` (crawl, read headers),
 `series_geometry`, `linking`, `problems` (codes) and `index_io` (the TSV). Their public
@@ -22,9 +26,13 @@ from mmfusion.dicom.headers import iter_files, read_header, read_headers
 from mmfusion.dicom.index_io import COLUMNS, LIST_COLUMNS, read_index, write_index
 from mmfusion.dicom.linking import IMAGE_MODALITIES_LINKABLE, link_rtstruct
 from mmfusion.dicom.problems import Problem, add_problem
-from mmfusion.dicom.series_geometry import SeriesGroup, check_series_geometry
+from mmfusion.dicom.series_geometry import (
+    SeriesGroup,
+    check_series_geometry,
+    continues_series,
+)
 from mmfusion.errors import DicomError
-from mmfusion.ids import sanitize_id
+from mmfusion.ids import NO_PATIENT_ID, sanitize_id
 
 __all__ = [
     "COLUMNS", "IMAGE_MODALITIES_LINKABLE", "LIST_COLUMNS", "Problem", "build_index",
@@ -39,7 +47,8 @@ def _new_row(rec: dict, root: Path) -> dict:
                 "frame_of_reference_uid"):
         row[key] = rec.get(key, "")
     pid = rec.get("patient_id", "")
-    row["patient"] = sanitize_id(pid) if pid else ""
+    readable = rec.get("modality") not in (None, "NON-DICOM", "UNREADABLE")
+    row["patient"] = sanitize_id(pid) if pid else (NO_PATIENT_ID if readable else "")
     row["problems"] = list(rec.get("problems", []))
     row["problem_codes"] = list(rec.get("problem_codes", []))
     row["dicom_root"] = str(root)
@@ -95,6 +104,8 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
         objects.append(row)
     for entry in series.values():
         _check_series(entry)
+    _unreadable_beside_series(objects, series.values())
+    _stray_slices_beside_series(list(series.values()))
     ct_by_uid: dict[str, list[SeriesGroup]] = defaultdict(list)
     for entry in series.values():
         if entry.rows["modality"] in IMAGE_MODALITIES_LINKABLE:
@@ -111,11 +122,73 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
                 add_problem(row, Problem.SHARED_PATIENT_ID,
                             f"PatientID {pid!r} is shared by {len(people)} different patients"
                             " (PatientName/PatientBirthDate differ)")
+    _check_folder_collisions(rows_by_patient)
     rows.sort(key=lambda r: (r["patient_id"], r["modality"] != "CT", r["modality"],
                              r["series_uid"], r["sop_instance_uid"]))
     for row in rows:
         row.pop("_bbox", None)
     return rows
+
+
+def _unreadable_beside_series(objects: list[dict], series: Iterable[SeriesGroup]) -> None:
+    """Name every unreadable file on each image series with slices in the same folder: it
+    may be a slice of it (a lost first or last slice leaves no gap to notice)."""
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for row in objects:
+        if row["modality"] == "UNREADABLE":
+            by_folder[Path(row["files"][0]).parent.as_posix()].append(row["files"][0])
+    if not by_folder:
+        return
+    for entry in series:
+        folders = sorted({Path(f).parent.as_posix() for f in entry.rows["files"]})
+        hits = [f for folder in folders for f in by_folder.get(folder, [])]
+        if hits:
+            more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+            add_problem(entry.rows, Problem.UNREADABLE_IN_SERIES_FOLDER,
+                        f"unreadable DICOM file beside the slices of this series (a damaged"
+                        f" slice?): {hits[0]}{more}")
+
+
+def _stray_slices_beside_series(groups: list[SeriesGroup]) -> None:
+    """Name, on a CT series, a lone slice in its folder that belongs to another series,
+    patient or modality but continues this series' grid by one position (a damaged UID,
+    PatientID or Modality split it off: the volume would be one slice short)."""
+    lone: dict[str, list[SeriesGroup]] = defaultdict(list)
+    for entry in groups:
+        if len(entry.records) == 1:
+            lone[Path(entry.rows["files"][0]).parent.as_posix()].append(entry)
+    if not lone:
+        return
+    for entry in groups:
+        if entry.geometry is None or entry.rows["modality"] not in IMAGE_MODALITIES_LINKABLE:
+            continue
+        folders = {Path(f).parent.as_posix() for f in entry.rows["files"]}
+        hits = [o.rows["files"][0] for folder in sorted(folders) for o in lone.get(folder, [])
+                if o is not entry and continues_series(entry, o.records[0])]
+        if hits:
+            add_problem(entry.rows, Problem.STRAY_SLICE,
+                        f"a lone slice of another series, patient or modality continues this"
+                        f" series (a damaged slice?): {hits[0]}")
+
+
+def _check_folder_collisions(rows_by_patient: dict[str, list[dict]]) -> None:
+    """Mark the rows of PatientIDs whose folder names coincide (ignoring case, as on
+    case-insensitive file systems) with `PATIENT_ID_COLLISION`, naming the IDs."""
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for pid, rows in rows_by_patient.items():
+        if pid and rows:
+            by_folder[rows[0]["patient"].casefold()].append(pid)
+    for ids in by_folder.values():
+        if len(ids) < 2:
+            continue
+        ids.sort()
+        names = " and ".join(repr(i) for i in ids[:4]) + (" ..." if len(ids) > 4 else "")
+        folders = ", ".join(sorted({rows_by_patient[i][0]["patient"] for i in ids}))
+        for pid in ids:
+            for row in rows_by_patient[pid]:
+                add_problem(row, Problem.PATIENT_ID_COLLISION,
+                            f"PatientIDs {names} map to one patient folder ({folders}; letter"
+                            " case ignored, as on case-insensitive file systems)")
 
 
 def _check_series(entry: SeriesGroup) -> None:
@@ -153,4 +226,4 @@ def patients_from_index(index_tsv: str | Path) -> list[str]:
     """Sanitised IDs of patients with a CT series linked to an RTSTRUCT, sorted."""
     return sorted({row["patient"] for row in read_index(index_tsv)
                    if row["modality"] == "RTSTRUCT" and row["linked_series_uid"]
-                   and row["patient"]})
+                   and row["patient"] and row["patient"] != NO_PATIENT_ID})

@@ -35,6 +35,8 @@ def link_rtstruct(row: dict, ct_by_uid: dict[str, list[SeriesGroup]],
     SeriesInstanceUID to its linkable series; `series` holds every image series.
     """
     pid = row["patient_id"]
+    if not pid:  # no PatientID (recorded): nothing to join it with, never linked
+        return
     target = None
     for uid in row["referenced_series_uids"]:
         candidates = ct_by_uid.get(uid, [])

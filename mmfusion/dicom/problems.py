@@ -13,10 +13,12 @@ class Problem(StrEnum):
 
     # one file (header reading)
     NOT_DICOM = "not_dicom"  # not a DICOM file at all
-    UNREADABLE = "unreadable"  # DICOM-looking but its header cannot be read
+    UNREADABLE = "unreadable"  # DICOM-looking (or named .dcm) but its header cannot be read
     NO_MODALITY = "no_modality"  # neither Modality nor SOPClassUID (DICOMDIR, ...)
-    TRUNCATED = "truncated"  # less pixel data than Rows x Columns x ... needs
-    NO_PATIENT_ID = "no_patient_id"
+    TRUNCATED = "truncated"  # less data than the header declares (pixels or elements)
+    NO_PATIENT_ID = "no_patient_id"  # never linked; listed in qc/exclusions.tsv
+    BAD_CONTOUR_DATA = "bad_contour_data"  # non-numeric, NaN/inf, or incomplete ContourData
+    MALFORMED_RTSTRUCT = "malformed_rtstruct"  # a required RTSTRUCT element missing/unusable
     # objects and series that are listed but not used
     UNUSED_OBJECT = "unused_object"  # RTPLAN, RTDOSE, ... objects
     UNUSED_SERIES = "unused_series"  # image series of a modality that is not linked (MR, ...)
@@ -29,8 +31,11 @@ class Problem(StrEnum):
     DUPLICATE_POSITIONS = "duplicate_positions"
     SINGLE_SLICE = "single_slice"
     OBLIQUE = "oblique"
+    UNREADABLE_IN_SERIES_FOLDER = "unreadable_in_series_folder"  # a damaged slice? refused
+    STRAY_SLICE = "stray_slice"  # a lone slice elsewhere continues the series: refused
     # one patient
     SHARED_PATIENT_ID = "shared_patient_id"  # one PatientID, several PatientName/BirthDate
+    PATIENT_ID_COLLISION = "patient_id_collision"  # two PatientIDs, one folder (up to case)
     # RTSTRUCT -> CT linking
     REFERENCED_SERIES_OTHER_PATIENT = "referenced_series_other_patient"
     CONTOURS_BEYOND_SERIES = "contours_beyond_series"

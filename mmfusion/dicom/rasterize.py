@@ -33,7 +33,8 @@ class RasterReport:
     between_slices: int = 0  # plane farther than the tolerance from every slice
     nonplanar: int = 0  # points spread over more than the tolerance along the normal
     clipped: int = 0  # partly outside the in-plane field of view
-    degenerate: int = 0  # fewer than 3 points
+    outside_fov: int = 0  # wholly outside the in-plane field of view (nothing to fill)
+    degenerate: int = 0  # fewer than 3 points, or NaN/infinite coordinates
     not_closed: dict[str, int] = field(default_factory=dict)  # POINT, OPEN_PLANAR, ...
     off_volume_planes_mm: list[float] = field(default_factory=list)
 
@@ -50,12 +51,15 @@ class RasterReport:
         if self.nonplanar:
             out.append(f"ROI {roi!r}: {self.nonplanar} contour(s) are not in a slice plane;"
                        " not rasterised")
+        if self.outside_fov:
+            out.append(f"ROI {roi!r}: {self.outside_fov} contour(s) lie entirely outside the CT"
+                       " field of view (in plane); not rasterised")
         if self.clipped:
             out.append(f"ROI {roi!r}: {self.clipped} contour(s) extend outside the CT field of"
                        " view and were clipped")
         if self.degenerate:
             out.append(f"ROI {roi!r}: {self.degenerate} contour(s) with fewer than 3 points"
-                       " ignored")
+                       " or non-finite coordinates ignored")
         for kind, n in sorted(self.not_closed.items()):
             out.append(f"ROI {roi!r}: {n} {kind} contour(s) reported, not rasterised")
         return out
@@ -97,7 +101,7 @@ def rasterise_roi(
             not_closed[contour.kind] += 1
             continue
         pts = contour.points
-        if len(pts) < 3:
+        if len(pts) < 3 or not np.isfinite(pts).all():
             report.degenerate += 1
             continue
         idx = world_to_index(pts, origin, spacing, direction)
@@ -118,6 +122,9 @@ def rasterise_roi(
             report.off_volume_planes_mm.append(k_mean * spacing[2])
             continue
         x, y = idx[:, 0], idx[:, 1]
+        if x.max() < -0.5 or y.max() < -0.5 or x.min() > n_x - 0.5 or y.min() > n_y - 0.5:
+            report.outside_fov += 1
+            continue
         if x.min() < -0.5 or y.min() < -0.5 or x.max() > n_x - 0.5 or y.max() > n_y - 0.5:
             report.clipped += 1
         report.rasterised += 1

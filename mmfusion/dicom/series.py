@@ -227,43 +227,78 @@ class _Slice:
     pixels: np.ndarray
 
 
+def _one_line(err: Exception) -> str:
+    """`Type: message` of an exception on one line (decoder errors span several)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
 def _read_slice(path: str, patient: str | None) -> _Slice:
     import pydicom
 
+    from mmfusion.dicom.reading import quiet_pydicom
+
     try:
-        ds = pydicom.dcmread(path)
+        with quiet_pydicom():
+            ds = pydicom.dcmread(path)
     except Exception as err:
-        raise DicomError(f"unreadable DICOM file ({type(err).__name__}: {err})",
+        raise DicomError(f"unreadable DICOM file ({_one_line(err)})",
                          patient=patient, path=path) from None
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if tag not in ds:
             raise DicomError(f"CT slice lacks {tag}", patient=patient, path=path)
     try:
-        pixels = ds.pixel_array
+        with quiet_pydicom():  # a failed decoder logs a whole traceback
+            pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for truncated/compressed data
         raise DicomError(
-            f"cannot read pixel data ({type(err).__name__}: {err})", patient=patient,
+            f"cannot read pixel data ({_one_line(err)})", patient=patient,
             path=path, fix="check the file is complete (truncated copy?); compressed"
             " transfer syntaxes need pylibjpeg/gdcm handlers",
         ) from None
     if pixels.ndim != 2:
         raise DicomError(f"expected one 2D frame per file, got pixel shape {pixels.shape}",
                          patient=patient, path=path)
-    slope = getattr(ds, "RescaleSlope", None)
-    intercept = getattr(ds, "RescaleIntercept", None)
+    try:
+        with quiet_pydicom():
+            slope = getattr(ds, "RescaleSlope", None)
+            intercept = getattr(ds, "RescaleIntercept", None)
+            numbers = {tag: _numbers(ds, tag) for tag in (
+                "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")}
+            thickness = float(getattr(ds, "SliceThickness", 0) or 0)
+            slope = float(slope) if slope not in (None, "") else 1.0
+            intercept = float(intercept) if intercept not in (None, "") else 0.0
+            uids = [str(getattr(ds, k, "") or "") for k in (
+                "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")]
+    except Exception as err:  # garbled values raise assorted errors (even NotImplementedError)
+        raise DicomError(f"CT slice has an unreadable geometry or rescale value"
+                         f" ({_one_line(err)})", patient=patient, path=path) from None
     return _Slice(
         path=path,
-        position=[float(v) for v in ds.ImagePositionPatient],
-        orientation=[float(v) for v in ds.ImageOrientationPatient],
-        pixel_spacing=[float(v) for v in ds.PixelSpacing],
-        thickness=float(getattr(ds, "SliceThickness", 0) or 0),
-        series_uid=str(getattr(ds, "SeriesInstanceUID", "")),
-        frame_of_reference_uid=str(getattr(ds, "FrameOfReferenceUID", "") or ""),
-        sop_uid=str(getattr(ds, "SOPInstanceUID", "")),
-        slope=float(slope) if slope not in (None, "") else 1.0,
-        intercept=float(intercept) if intercept not in (None, "") else 0.0,
+        position=numbers["ImagePositionPatient"],
+        orientation=numbers["ImageOrientationPatient"],
+        pixel_spacing=numbers["PixelSpacing"],
+        thickness=thickness,
+        series_uid=uids[0],
+        frame_of_reference_uid=uids[1],
+        sop_uid=uids[2],
+        slope=slope,
+        intercept=intercept,
         pixels=pixels,
     )
+
+
+_COUNTS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
+def _numbers(ds, tag: str) -> list[float]:
+    """Finite values of a multi-valued geometry tag; ValueError if garbled."""
+    value = ds[tag].value
+    values = [float(v) for v in (value if isinstance(value, list | tuple) or
+                                 hasattr(value, "__iter__") and not isinstance(value, str)
+                                 else [value])]
+    if len(values) != _COUNTS[tag] or not np.isfinite(values).all():
+        raise ValueError(f"{tag} = {values!r}")
+    return values
 
 
 def load_ct_series(

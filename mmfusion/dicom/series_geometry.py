@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmfusion.dicom.problems import Problem, add_problem
 from mmfusion.errors import DicomError
+
+if TYPE_CHECKING:
+    from mmfusion.dicom.series import SliceGeometry
 
 
 @dataclass
@@ -22,6 +26,7 @@ class SeriesGroup:
     rows: dict
     records: list[dict]
     bbox: tuple[np.ndarray, np.ndarray] | None = None  # LPS extent of the slice planes
+    geometry: SliceGeometry | None = None  # the sorted slices, when the sort succeeded
     # (code, message) of a per-file problem -> the files (relative paths) that have it
     file_problems: dict[tuple[Problem, str], list[str]] = field(
         default_factory=lambda: defaultdict(list))
@@ -71,3 +76,26 @@ def check_series_geometry(series: SeriesGroup) -> None:
     corners = np.array(corners)
     half = 0.5 * geom.slice_spacing * np.abs(geom.normal)
     series.bbox = (corners.min(axis=0) - half, corners.max(axis=0) + half)
+    series.geometry = geom
+
+
+def continues_series(series: SeriesGroup, rec: dict) -> bool:
+    """Whether the image header `rec` (of another series, patient or modality) is a slice
+    that would extend `series` by one position at either end, on the same grid: a slice
+    whose damaged UID, PatientID or Modality split it off (the volume would silently lose
+    it). Needs `series.geometry`."""
+    geom = series.geometry
+    if geom is None or any(rec.get(k) is None for k in ("position", "orientation",
+                                                         "pixel_spacing")):
+        return False
+    first = series.records[int(geom.order[0])]
+    if (rec.get("rows"), rec.get("columns")) != (first.get("rows"), first.get("columns")) \
+            or np.abs(np.subtract(rec["orientation"], first["orientation"])).max() > 1e-3 \
+            or np.abs(np.subtract(rec["pixel_spacing"], first["pixel_spacing"])).max() > 1e-4:
+        return False
+    offset = np.asarray(rec["position"], dtype=float) - geom.positions[0]
+    k = float(offset @ geom.normal) / geom.slice_spacing
+    n = len(np.unique(np.round(geom.positions @ geom.normal, 2)))
+    in_plane = offset - (offset @ geom.normal) * geom.normal
+    return (min(abs(k + 1), abs(k - n)) < 0.1
+            and float(np.linalg.norm(in_plane)) < 0.1 * min(geom.pixel_spacing))

@@ -23,6 +23,7 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={_PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
+from mmfusion.dicom.rois import compile_roi_regex
 from mmfusion.settings import write_resolved_config
 from mmfusion.workflow_resources import RuleResources
 from mmfusion.workflow_inputs import (
@@ -34,6 +35,10 @@ from mmfusion.workflow_inputs import (
     option,
     split_variants,
 )
+
+# An invalid ROI regex stops the run here, before any job (the schema cannot check regexes).
+for _key in ("tumour", "node"):
+    compile_roi_regex(config["rois"][_key], _key)
 
 COHORT = CohortInputs.from_config(config)
 RESULTS = COHORT.results
