@@ -4,6 +4,9 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Front page of `snakemake --report` (includes results/report/front_page.rst).
+report: "workflow/report/workflow.rst"
+
 
 # Your config file is the whole truth about your cohort: with --configfile, only that file
 # is read (the demo's config.yaml is not), and every key it leaves out takes the default

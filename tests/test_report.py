@@ -95,7 +95,9 @@ def test_report_cli_writes_everything(tmp_path: Path) -> None:
     assert main(["report", "--models-dir", str(models), "--out", str(out)]) == 0
     for name in ("metrics_summary.csv", "variants.csv", "paired_tests.csv", "pooled_auc.csv",
                  "summary.md", "figures/roc.png", "figures/calibration.png",
-                 "figures/auc_by_fold.png"):
+                 "figures/auc_by_fold.png", "figures/decision_curve.png",
+                 "figures/confusion_matrices.png", "calibration.csv", "decision_curve.csv",
+                 "confusion_matrices.csv", "front_page.rst", "model_card.md"):
         assert (out / name).is_file(), name
     summary = pd.read_csv(out / "metrics_summary.csv")
     assert {"variant", "fold", "auc", "accuracy", "precision", "recall", "f1",

@@ -1,13 +1,26 @@
-"""Write the report folder: tables, paired tests, figures and a Markdown summary."""
+"""Write the report folder: tables, paired tests, calibration, decision curves, confusion
+matrices, figures, a Markdown summary, the HTML front page's fragment and the model card."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from mmfusion.io import atomic_path, write_text_atomic
 from mmfusion.report import figures
+from mmfusion.report.calibration import calibration_table
+from mmfusion.report.cohort_facts import cohort_counts, exclusion_counts, fold_sizes
+from mmfusion.report.decision import decision_curves
+from mmfusion.report.markdown import (
+    Results,
+    config_markdown,
+    front_page_rst,
+    summary_markdown,
+)
+from mmfusion.report.model_card import CardInputs, model_card
 from mmfusion.report.summary import (
     METRIC_COLUMNS,
     collect_metrics,
@@ -18,6 +31,26 @@ from mmfusion.report.summary import (
     pooled_auc,
     variant_table,
 )
+from mmfusion.report.thresholds import (
+    SUFFIX,
+    THRESHOLD_METRICS,
+    confusion_table,
+    fold_threshold_table,
+)
+
+# Every figure build_report writes, under figures/.
+FIGURES = ("roc.png", "calibration.png", "auc_by_fold.png", "decision_curve.png",
+           "confusion_matrices.png")
+
+
+@dataclass(frozen=True)
+class CohortFiles:
+    """The cohort stage's files the model card and the front page read (each optional)."""
+
+    table: str | Path | None = None
+    folds: str | Path | None = None
+    spec: str | Path | None = None
+    exclusions: str | Path | None = None
 
 
 def build_report_from_dir(models_dir: str | Path, out: str | Path, **kwargs: object) -> str:
@@ -31,87 +64,78 @@ def _csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
 
 
-def _markdown(variants: pd.DataFrame, tests: pd.DataFrame, oracle: pd.DataFrame | None) -> str:
-    lines = ["# MMFusion cross-fold report", "",
-             "Test folds scored once; checkpoints and thresholds were chosen on each fold's "
-             "validation split. Mean ± sd over folds.", "",
-             "| variant | folds | " + " | ".join(METRIC_COLUMNS) + " |",
-             "|---|---|" + "---|" * len(METRIC_COLUMNS)]
-    for _, r in variants.iterrows():
-        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in METRIC_COLUMNS]
-        lines.append(f"| {r['variant']} | {r['n_folds']} | " + " | ".join(cells) + " |")
-    if oracle is not None and len(oracle):
-        lines += ["", f"Oracle AUC (true probabilities, demo cohort) on the same test folds: "
-                      f"{oracle['auc'].mean():.3f} ± {oracle['auc'].std(ddof=1):.3f}"]
-    if len(tests):
-        lines += ["", "Paired DeLong tests within each test fold, combined over folds (AUCs are "
-                      "means over folds; variance of the mean difference = sum of the folds' "
-                      "DeLong variances / K^2):", "",
-                  "| reference | other | n | AUC ref | AUC other | diff | p |",
-                  "|---|---|---|---|---|---|---|"]
-        for _, t in tests.iterrows():
-            lines.append(f"| {t['reference']} | {t['other']} | {t['n']} | "
-                         f"{t['auc_reference']:.3f} | {t['auc_other']:.3f} | "
-                         f"{t['difference']:+.3f} | {t['p_value']:.3g} |")
-    return "\n".join(lines) + "\n"
-
-
-def _config_markdown(config_text: str) -> str:
-    """The settings a reader of the summary asks about first, from the resolved config."""
-    import yaml
-
-    c = yaml.safe_load(config_text) or {}
-    cohort, model, train = c.get("cohort", {}), c.get("model", {}), c.get("train", {})
-    crop, folds = c.get("crop", {}), c.get("folds", {})
-    source = ("synthetic demo cohort" if cohort.get("synthetic")
-              else f"label `{cohort.get('label_column')}` (positive: "
-                   f"{cohort.get('positive_value')}), IDs in `{cohort.get('id_column')}`")
-    rows = [
-        ("cohort", source),
-        ("folds", f"{folds.get('n_folds')} (validation share {folds.get('val_fraction')}, "
-                  f"seed {folds.get('seed')})"),
-        ("variants", ", ".join(model.get("variants", []))),
-        ("backbone", f"ResNet-{model.get('depth')}, width {model.get('base_width')}, "
-                     f"pretrained: {'yes' if model.get('pretrained') else 'no'}"),
-        ("patches", f"tumour {crop.get('tumour_size')}, nodes {crop.get('node_sizes')} "
-                    f"at {crop.get('spacing')} mm"),
-        ("training", f"{train.get('epochs')} epochs, batch {train.get('batch_size')}, "
-                     f"lr {train.get('lr')}, seed {train.get('seed')}"),
-    ]
-    return "\n".join(["", "## Configuration", "",
-                      "Every setting is in `config.resolved.yaml` beside this file (the config "
-                      "file given plus the schema's defaults for every key it left out).", "",
-                      "| setting | value |", "|---|---|",
-                      *[f"| {k} | {v} |" for k, v in rows]]) + "\n"
+def _metrics_summary(metrics: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """metrics_summary.csv: metrics.json's test metrics and choices, then the confusion
+    counts at the chosen threshold and every threshold metric (and count) at 0.5, both
+    recomputed from predictions.csv."""
+    extra = fold_threshold_table(predictions, metrics[["variant", "fold", "threshold"]]
+                                 .astype({"variant": str}))
+    merged = metrics.astype({"variant": str}).merge(extra, on=["variant", "fold"], how="left")
+    merged["variant"] = pd.Categorical(merged["variant"], metrics["variant"].cat.categories,
+                                       ordered=True)
+    return merged
 
 
 def build_report(metrics_files: list[str | Path], prediction_files: list[str | Path],
                  out: str | Path, reference: str = "mmfusion",
                  truth_csv: str | Path | None = None,
-                 config_yaml: str | Path | None = None) -> str:
+                 config_yaml: str | Path | None = None,
+                 cohort_files: CohortFiles | None = None) -> str:
     """Write every report file under `out`; returns the Markdown summary. `config_yaml`
-    (the run's resolved config) is copied beside it and summarised in it."""
+    (the run's resolved config) is copied beside it and summarised in it; `cohort_files`
+    feed the model card and the cohort section."""
+    import yaml
+
     out = Path(out)
-    metrics = collect_metrics(metrics_files)
+    cohort_files = cohort_files or CohortFiles()
     predictions = collect_predictions(prediction_files)
+    metrics = _metrics_summary(collect_metrics(metrics_files), predictions)
     order = [str(v) for v in metrics["variant"].cat.categories]
-    variants = variant_table(metrics)
-    tests = paired_tests(predictions, reference)
+    variants = variant_table(metrics, METRIC_COLUMNS + [f"{m}{SUFFIX}"
+                                                        for m in THRESHOLD_METRICS])
+    tests = paired_tests(predictions, reference, metrics)
     oracle = oracle_by_fold(predictions, truth_csv) if truth_csv else None
+    calibration = calibration_table(predictions, order)
+    curves = decision_curves(predictions, order)
+    confusion = confusion_table(metrics.astype({"variant": str}), order)
+    config_text = Path(config_yaml).read_text() if config_yaml is not None else None
+    config = (yaml.safe_load(config_text) or {}) if config_text is not None else {}
+
+    c = cohort_files
+    excl = exclusion_counts(c.exclusions) if c.exclusions else None
+    results = Results(
+        variants=variants, tests=tests, oracle=oracle, calibration=calibration,
+        confusion=confusion, curves=curves,
+        cohort=cohort_counts(c.table) if c.table else None,
+        folds=fold_sizes(c.table, c.folds) if c.table and c.folds else None,
+        n_excluded=int(excl["n"].sum()) if excl is not None else None)
 
     _csv(metrics, out / "metrics_summary.csv")
     _csv(variants, out / "variants.csv")
     _csv(pooled_auc(predictions), out / "pooled_auc.csv")
     _csv(tests, out / "paired_tests.csv")
+    _csv(calibration, out / "calibration.csv")
+    _csv(curves, out / "decision_curve.csv")
+    _csv(confusion, out / "confusion_matrices.csv")
     if oracle is not None:
         _csv(oracle, out / "oracle_auc.csv")
-    figures.plot_roc(predictions, order, out / "figures" / "roc.png")
-    figures.plot_calibration(predictions, order, out / "figures" / "calibration.png")
-    figures.plot_auc_by_fold(metrics, oracle, order, out / "figures" / "auc_by_fold.png")
-    summary = _markdown(variants, tests, oracle)
-    if config_yaml is not None:
-        config_text = Path(config_yaml).read_text()
+    fig_dir = out / "figures"
+    figures.plot_roc(predictions, order, fig_dir / "roc.png")
+    figures.plot_calibration(predictions, order, fig_dir / "calibration.png", calibration)
+    figures.plot_auc_by_fold(metrics, oracle, order, fig_dir / "auc_by_fold.png")
+    figures.plot_decision_curves(curves, order, fig_dir / "decision_curve.png")
+    figures.plot_confusion(confusion, order, fig_dir / "confusion_matrices.png")
+
+    synthetic = bool(config.get("cohort", {}).get("synthetic"))
+    summary = summary_markdown(results, synthetic=synthetic)
+    if config_text is not None:
         write_text_atomic(out / "config.resolved.yaml", config_text)
-        summary += _config_markdown(config_text)
+        summary += config_markdown(config)
     write_text_atomic(out / "summary.md", summary)
+    write_text_atomic(out / "front_page.rst", front_page_rst(results))
+    spec = json.loads(Path(c.spec).read_text()) if c.spec else None
+    card = CardInputs(config=config, metrics=metrics, spec=spec, exclusions=excl,
+                      cohort=results.cohort, folds=results.folds, calibration=calibration,
+                      tests=tests)
+    write_text_atomic(out / "model_card.md", model_card(card))
     return summary

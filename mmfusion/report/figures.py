@@ -1,4 +1,5 @@
-"""Report figures: pooled ROC curves, calibration, and per-fold AUC against the oracle."""
+"""Report figures: pooled ROC curves, calibration, confusion matrices, decision curves and
+per-fold AUC against the oracle."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.special import expit, logit  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from mmfusion.io import atomic_path  # noqa: E402
+from mmfusion.report.calibration import calibration_bins, recalibrate  # noqa: E402
+from mmfusion.report.decision import TREAT_ALL, TREAT_NONE  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -37,21 +41,98 @@ def plot_roc(predictions: pd.DataFrame, order: list[str], path: Path) -> None:
     _save(fig, path)
 
 
+def _grid(n: int, width: float = 3.2, height: float = 3.0) -> tuple[plt.Figure, list]:
+    cols = min(3, max(1, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def plot_calibration(predictions: pd.DataFrame, order: list[str], path: Path,
-                     n_bins: int = 5) -> None:
-    """Observed LNM rate against mean predicted probability in quantile bins."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for variant in order:
+                     table: pd.DataFrame | None = None, min_per_bin: int = 10) -> None:
+    """One panel per variant: observed LNM rate (Wilson 95% CI) against mean predicted
+    probability in equal-count bins of >= `min_per_bin` pooled test patients, the logistic
+    recalibration curve, and its slope and intercept (from `table`, calibration.csv's
+    pooled rows, or refitted here) in the legend."""
+    shown = [v for v in order if (predictions["variant"] == v).any()]
+    fig, axes = _grid(max(1, len(shown)))
+    grid = np.linspace(0.001, 0.999, 200)
+    for ax, variant in zip(axes, shown, strict=False):
         g = predictions[predictions["variant"] == variant]
-        if len(g) < n_bins:
-            continue
-        bins = pd.qcut(g["probability"].rank(method="first"), n_bins, labels=False)
-        agg = g.groupby(bins).agg(pred=("probability", "mean"), obs=("label", "mean"))
-        ax.plot(agg["pred"], agg["obs"], marker="o", lw=1.2, label=variant)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
-           ylabel="observed LNM rate", title=f"Calibration ({n_bins} quantile bins)")
-    ax.legend(fontsize=8)
+        y, p = g["label"].to_numpy(), g["probability"].to_numpy(dtype=float)
+        bins = calibration_bins(y, p, min_per_bin=min_per_bin)
+        pooled = None if table is None else table[(table["variant"] == variant)
+                                                  & (table["fold"].astype(str) == "pooled")]
+        if pooled is not None and len(pooled):
+            a, b = float(pooled["intercept"].iloc[0]), float(pooled["slope"].iloc[0])
+        else:
+            fit = recalibrate(y, p)
+            a, b = fit.intercept, fit.slope
+        err = np.vstack([bins["observed"] - bins["ci_low"], bins["ci_high"] - bins["observed"]])
+        ax.errorbar(bins["mean_predicted"], bins["observed"], yerr=err, fmt="o", ms=4,
+                    capsize=2, color="#1f77b4",
+                    label=f"{len(bins)} bins of ≥{int(bins['n'].min())} patients")
+        if np.isfinite(a) and np.isfinite(b):
+            ax.plot(grid, expit(a + b * logit(grid)), color="#d62728", lw=1.2,
+                    label=f"slope {b:.2f}, intercept {a:+.2f}")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{variant} (n={len(y)})",
+               xlabel="predicted probability", ylabel="observed LNM rate")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Calibration of the pooled out-of-fold test predictions", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_confusion(confusion: pd.DataFrame, order: list[str], path: Path,
+                   threshold: str = "validation") -> None:
+    """2 x 2 confusion matrix per variant, summed over the test folds, at each fold's
+    validation-chosen threshold (`threshold="validation"`) or at 0.5 (`"0.5"`)."""
+    rows = confusion[confusion["threshold"] == threshold].set_index("variant")
+    shown = [v for v in order if v in rows.index]
+    fig, axes = _grid(max(1, len(shown)), width=2.8, height=2.7)
+    if not shown:  # no fold recorded a threshold (metrics.json without `threshold`)
+        axes[0].text(0.5, 0.5, f"no confusion matrix at threshold {threshold}", ha="center",
+                     va="center")
+        axes[0].set_axis_off()
+    for ax, variant in zip(axes, shown, strict=False):
+        r = rows.loc[variant]
+        m = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], dtype=int)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, m.max()))
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11,
+                    color="white" if v > m.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["pred. N0", "pred. N+"])
+        ax.set_yticks([0, 1], ["true N0", "true N+"])
+        ax.set_title(f"{variant}\nsens {r['recall']:.2f}, spec {r['specificity']:.2f}",
+                     fontsize=9)
+    label = "each fold's validation-chosen threshold" if threshold == "validation" \
+        else f"threshold {threshold}"
+    fig.suptitle(f"Test confusion matrices summed over folds ({label})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_decision_curves(curves: pd.DataFrame, order: list[str], path: Path) -> None:
+    """Net benefit against threshold probability: every variant, treat all, treat none."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for variant in order:
+        c = curves[curves["curve"] == variant]
+        if len(c):
+            ax.plot(c["threshold"], c["net_benefit"], lw=1.4, label=variant)
+    for name, style in ((TREAT_ALL, dict(color="black", lw=1.0, ls="-.")),
+                        (TREAT_NONE, dict(color="grey", lw=1.0, ls="--"))):
+        c = curves[curves["curve"] == name]
+        if len(c):
+            ax.plot(c["threshold"], c["net_benefit"], label=name, **style)
+    prevalence = float(curves["prevalence"].iloc[0]) if len(curves) else 0.5
+    ax.set(xlim=(0, 1), ylim=(-0.05, max(0.05, prevalence) * 1.15),
+           xlabel="threshold probability", ylabel="net benefit",
+           title="Decision curves, pooled out-of-fold test predictions")
+    ax.legend(fontsize=8, loc="upper right")
     _save(fig, path)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 
 from mmfusion.errors import MMFusionError
@@ -20,6 +21,7 @@ from mmfusion.report.delong import stratified_delong_test
 
 METRIC_COLUMNS = ["auc", "accuracy", "precision", "recall", "f1", "brier",
                   "balanced_accuracy", "specificity"]
+SELECTION_COLUMNS = ["threshold", "best_epoch", "temperature"]
 # Paper Table 2 order; anything else follows alphabetically.
 VARIANT_ORDER = [*VARIANTS, *BASELINES]
 
@@ -35,7 +37,8 @@ def find_outputs(models_dir: str | Path, name: str) -> list[Path]:
 
 
 def collect_metrics(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per (variant, fold) with the test metrics; metrics_summary.csv.
+    """One row per (variant, fold) with the test metrics and what was chosen on validation
+    (`threshold`, `best_epoch`, `temperature`): the first columns of metrics_summary.csv.
 
     Each path is `.../{variant}/fold{k}/metrics.json`.
     """
@@ -50,6 +53,9 @@ def collect_metrics(paths: list[str | Path]) -> pd.DataFrame:
                "fold": int(path.parent.name.removeprefix("fold")), "n": test.get("n")}
         row.update({k: test.get(k) for k in METRIC_COLUMNS})
         row["auc_ci_low"], row["auc_ci_high"] = test.get("auc_ci_low"), test.get("auc_ci_high")
+        for key in SELECTION_COLUMNS:  # chosen on validation (baselines: no epoch/temperature)
+            value = data.get(key, test.get(key))
+            row[key] = float("nan") if value is None else float(value)
         rows.append(row)
     if not rows:
         raise MMFusionError("no metrics.json given", fix="run the training rules first")
@@ -67,13 +73,15 @@ def collect_predictions(paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def variant_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± sd over folds of every metric, one row per variant (paper Table 2 shape)."""
-    grouped = metrics.groupby("variant", observed=True)[METRIC_COLUMNS]
+def variant_table(metrics: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """Mean ± sd over folds of every metric (`columns`, default METRIC_COLUMNS), one row per
+    variant (paper Table 2 shape)."""
+    columns = METRIC_COLUMNS if columns is None else columns
+    grouped = metrics.groupby("variant", observed=True)[columns]
     mean, sd = grouped.mean(), grouped.std(ddof=1)
     out = pd.DataFrame(index=mean.index)
     out["n_folds"] = metrics.groupby("variant", observed=True)["fold"].nunique()
-    for col in METRIC_COLUMNS:
+    for col in columns:
         out[f"{col}_mean"] = mean[col]
         out[f"{col}_sd"] = sd[col]
     return out.reset_index()
@@ -90,17 +98,45 @@ def pooled_auc(predictions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_tests(predictions: pd.DataFrame, reference: str = "mmfusion") -> pd.DataFrame:
+DELONG_COLUMNS = ["reference", "other", "n", "n_folds", "auc_reference", "auc_other",
+                  "difference", "z", "p_value"]
+TTEST_COLUMNS = ["ttest_n_folds", "ttest_mean_difference", "ttest_t", "ttest_p_value"]
+
+
+def fold_ttests(metrics: pd.DataFrame, reference: str = "mmfusion") -> pd.DataFrame:
+    """Paired t-test over folds of the per-fold test AUCs (metrics.json), `reference` against
+    every other variant (scipy.stats.ttest_rel; what the paper reports). Folds where either
+    AUC is undefined are left out; fewer than two folds give NaN."""
+    wide = metrics.pivot_table(index="fold", columns="variant", values="auc",
+                               aggfunc="first", observed=True)
+    wide.columns = [str(c) for c in wide.columns]
+    rows = []
+    if reference in wide:
+        for other in _order([v for v in wide.columns if v != reference]):
+            both = wide[[reference, other]].astype(float).dropna()
+            diff = both[reference] - both[other]
+            t, p = (ttest_rel(both[reference], both[other]) if len(both) >= 2
+                    else (float("nan"), float("nan")))
+            rows.append({"reference": reference, "other": other,
+                         "ttest_n_folds": len(both),
+                         "ttest_mean_difference": float(diff.mean()) if len(both) else
+                         float("nan"), "ttest_t": float(t), "ttest_p_value": float(p)})
+    return pd.DataFrame(rows, columns=["reference", "other", *TTEST_COLUMNS])
+
+
+def paired_tests(predictions: pd.DataFrame, reference: str = "mmfusion",
+                 metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fold-stratified DeLong tests of `reference` against every other variant: within each
-    test fold on the same patients, combined over folds (mean AUC difference)."""
+    test fold on the same patients, combined over folds (mean AUC difference). With
+    `metrics` (collect_metrics), the paired t-test over folds (`fold_ttests`) is added as
+    the `ttest_*` columns."""
     wide = predictions.pivot_table(index=["fold", "patient_id"], columns="variant",
                                    values="probability", aggfunc="first")
     labels = predictions.groupby(["fold", "patient_id"])["label"].first().reindex(wide.index)
     rows = []
-    if reference not in wide:
-        return pd.DataFrame(columns=["reference", "other", "n", "n_folds", "auc_reference",
-                                     "auc_other", "difference", "z", "p_value"])
     for other in _order([v for v in wide.columns if v != reference]):
+        if reference not in wide:
+            break
         both = wide[[reference, other]].dropna()
         y = labels.reindex(both.index).to_numpy()
         if len(both) < 4 or y.min() == y.max():
@@ -115,7 +151,14 @@ def paired_tests(predictions: pd.DataFrame, reference: str = "mmfusion") -> pd.D
                      "n_folds": int(len(np.unique(folds))),
                      "auc_reference": res.auc_a, "auc_other": res.auc_b,
                      "difference": res.difference, "z": res.z, "p_value": res.p_value})
-    return pd.DataFrame(rows)
+    delong = pd.DataFrame(rows, columns=DELONG_COLUMNS)
+    if metrics is None:
+        return delong
+    merged = delong.merge(fold_ttests(metrics, reference), on=["reference", "other"],
+                          how="outer")
+    merged["order"] = merged["other"].map({v: i for i, v in enumerate(
+        _order(list(merged["other"])))})
+    return merged.sort_values("order").drop(columns="order").reset_index(drop=True)
 
 
 def oracle_by_fold(predictions: pd.DataFrame, truth_csv: str | Path) -> pd.DataFrame:

@@ -1,5 +1,8 @@
-# Cross-fold report: tables (paper Table 2 shape), DeLong tests, ROC / calibration / AUC plots.
-# `snakemake --report results/report/report.html` then bundles the figures with captions.
+# Cross-fold report: tables (paper Table 2 shape, at the validation-chosen threshold and at
+# 0.5), fold-stratified DeLong and paired t-tests, calibration, decision curves, confusion
+# matrices, figures, summary.md and the model card (TRIPOD+AI items).
+# `snakemake --report results/report/report.html` then bundles them with captions; its front
+# page (workflow/report/workflow.rst, the Snakefile's `report:`) includes front_page.rst.
 REPORT_DIR = f"{RESULTS}/report"
 
 
@@ -17,11 +20,48 @@ rule build_report:
         ),
         truth=TRUTH,
         config=RESOLVED_CONFIG,
+        table=rules.build_cohort.output.table,
+        spec=rules.build_cohort.output.spec,
+        exclusions=rules.build_cohort.output.exclusions,
+        folds=rules.make_folds.output.folds,
     output:
-        summary=f"{REPORT_DIR}/metrics_summary.csv",
+        summary=report(
+            f"{REPORT_DIR}/metrics_summary.csv",
+            caption="../report/metrics_summary.rst",
+            category="Tables",
+        ),
         variants=f"{REPORT_DIR}/variants.csv",
-        tests=f"{REPORT_DIR}/paired_tests.csv",
-        markdown=f"{REPORT_DIR}/summary.md",
+        tests=report(
+            f"{REPORT_DIR}/paired_tests.csv",
+            caption="../report/paired_tests.rst",
+            category="Tables",
+        ),
+        calibration_table=report(
+            f"{REPORT_DIR}/calibration.csv",
+            caption="../report/calibration_table.rst",
+            category="Tables",
+        ),
+        decision_table=report(
+            f"{REPORT_DIR}/decision_curve.csv",
+            caption="../report/decision_curve_table.rst",
+            category="Tables",
+        ),
+        confusion_table=report(
+            f"{REPORT_DIR}/confusion_matrices.csv",
+            caption="../report/confusion_table.rst",
+            category="Tables",
+        ),
+        markdown=report(
+            f"{REPORT_DIR}/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        model_card=report(
+            f"{REPORT_DIR}/model_card.md",
+            caption="../report/model_card.rst",
+            category="Summary",
+        ),
+        front_page=f"{REPORT_DIR}/front_page.rst",
         roc=report(
             f"{REPORT_DIR}/figures/roc.png",
             caption="../report/roc.rst",
@@ -30,6 +70,16 @@ rule build_report:
         calibration=report(
             f"{REPORT_DIR}/figures/calibration.png",
             caption="../report/calibration.rst",
+            category="Evaluation",
+        ),
+        decision_curve=report(
+            f"{REPORT_DIR}/figures/decision_curve.png",
+            caption="../report/decision_curve.rst",
+            category="Evaluation",
+        ),
+        confusion=report(
+            f"{REPORT_DIR}/figures/confusion_matrices.png",
+            caption="../report/confusion.rst",
             category="Evaluation",
         ),
         config=report(
@@ -58,6 +108,8 @@ rule build_report:
         " --predictions {input.predictions:q}"
         " --out \"$(dirname {output.summary:q})\" {params.truth}"
         " --config {input.config:q}"
+        " --table {input.table:q} --folds {input.folds:q} --spec {input.spec:q}"
+        " --exclusions {input.exclusions:q}"
         " > {log:q} 2>&1"
 
 
