@@ -267,6 +267,10 @@ def _read_slice(path: str, patient: str | None) -> _Slice:
             thickness = float(getattr(ds, "SliceThickness", 0) or 0)
             slope = float(slope) if slope not in (None, "") else 1.0
             intercept = float(intercept) if intercept not in (None, "") else 0.0
+            if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
+                raise ValueError(f"RescaleSlope {slope}, RescaleIntercept {intercept}")
+            if not np.isfinite(thickness):
+                raise ValueError(f"SliceThickness {thickness}")
             uids = [str(getattr(ds, k, "") or "") for k in (
                 "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")]
     except Exception as err:  # garbled values raise assorted errors (even NotImplementedError)
