@@ -75,6 +75,21 @@ def test_shapes_and_presence(n_nodes):
     assert 0.0 <= p.tumour.min() and p.tumour.max() <= 1.0
 
 
+def test_minmax_normalisation_is_the_hu_window_scaled_to_unit_range():
+    """minmax: clip((HU - low) / (high - low), 0, 1) with the window [-160, 240]."""
+    ct, t, n, _ = make_volume()
+    s = CropSettings.from_config({**SMALL, "normalisation": "minmax"})
+    p = crop_patient(ct, t, n, s)
+    raw = crop_patient(ct, t, n, CropSettings.from_config({**SMALL, "normalisation": "none"}))
+    np.testing.assert_allclose(p.tumour, np.clip((raw.tumour + 160) / 400, 0, 1), atol=1e-6)
+    assert p.node_present.tolist() == [1, 1, 0]
+    for a, b in zip(p.nodes[:2], raw.nodes[:2], strict=True):
+        np.testing.assert_allclose(a, np.clip((b + 160) / 400, 0, 1), atol=1e-6)
+    assert not p.nodes[2].any()  # an absent node stays all zero
+    assert p.tumour[6, 12, 12] == pytest.approx((120 + 160) / 400)  # tumour centre, 120 HU
+    assert p.tumour.min() == pytest.approx((40 + 160) / 400)  # soft tissue around it
+
+
 def test_patch_centred_on_roi():
     """The voxel at the patch centre is tumour (120 HU) and the centre in meta is right."""
     ct, t, n, centres = make_volume()
@@ -105,9 +120,9 @@ def test_zscore_normalisation():
 def test_bad_settings():
     with pytest.raises(ConfigError, match="unknown crop"):
         CropSettings.from_config({"spacingg": [1, 1, 1]})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"hu_window must be \[low, high\], got \(100.0, -1"):
         CropSettings.from_config({"hu_window": [100, -100]})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="crop.node_sizes three such lists"):
         CropSettings.from_config({"node_sizes": [[8, 8, 8]]})
 
 

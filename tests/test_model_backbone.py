@@ -112,7 +112,7 @@ def test_shapes(depth, width, size, channels):
 
 
 def test_unknown_depth():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"unsupported ResNet depth 101.*\[10, 18, 34, 50\]"):
         ResNet3D(101)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mmfusion.model.cfd import CFD
@@ -73,7 +74,11 @@ def test_predict_shapes_and_seeded_sampling():
     b = cfd.predict(feats, prior, 7, torch.Generator().manual_seed(1))
     assert a.samples.shape == (4, 7, 2) and a.probability.shape == (4,)
     assert torch.equal(a.probability, b.probability)
-    assert ((a.probability >= 0) & (a.probability <= 1)).all() and (a.uncertainty > 0).all()
+    # CARD's mapping of each sample: softmax(-(y0 - 1)²), class 1; mean and (population) sd
+    per_sample = torch.softmax(-(a.samples - 1).square(), dim=-1)[..., 1]
+    torch.testing.assert_close(a.probability, per_sample.mean(1))
+    torch.testing.assert_close(a.uncertainty, per_sample.std(1, unbiased=False))
+    assert (a.uncertainty > 0).all()
 
 
 def test_loss_trains_noise_network():
@@ -124,3 +129,138 @@ def test_y0_target_trains_on_y0_and_samples_with_its_prediction():
     assert float(cfd.loss(y0, feats, torch.full((6, 2), 0.5))) == 0.0
     out = cfd.sample(feats, torch.full((6, 2), 0.5), 4, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, y0.unsqueeze(1).expand(-1, 4, -1))
+
+
+# ---- the maths against closed forms derived here, not read back from the code ----------
+
+def schedule(timesteps: int = 10, beta_start: float = 0.01, beta_end: float = 0.95):
+    """β_t and ᾱ_t (float64) from the linear schedule's definition, code indices 0..T-1."""
+    betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    return betas, torch.cumprod(1 - betas, 0)
+
+
+def posterior(step: int, y_t, y0, y_hat):
+    """Mean and variance of q(y_{t-1} | y_t, y0, ŷ) by Gaussian conditioning.
+
+    Under eq. 2, y_{t-1} ~ N(m1, v1) with m1 = sqrt(ᾱ_{t-1}) y0 + (1 - sqrt(ᾱ_{t-1})) ŷ,
+    v1 = 1 - ᾱ_{t-1}; one forward step y_t = sqrt(α_t) y_{t-1} + (1 - sqrt(α_t)) ŷ
+    + sqrt(β_t) ε gives Cov(y_{t-1}, y_t) = sqrt(α_t) v1 and Var(y_t) = 1 - ᾱ_t, so
+    E[y_{t-1} | y_t] = m1 + sqrt(α_t) v1 / (1 - ᾱ_t) (y_t - m_t) and
+    Var[y_{t-1} | y_t] = v1 - α_t v1² / (1 - ᾱ_t). Returns (mean, variance, d mean / d y0).
+    """
+    betas, ab = schedule()
+    ab_t, ab_prev, a_t = ab[step], ab[step - 1], 1 - betas[step]
+    m1 = ab_prev.sqrt() * y0 + (1 - ab_prev.sqrt()) * y_hat
+    m_t = ab_t.sqrt() * y0 + (1 - ab_t.sqrt()) * y_hat
+    gain = a_t.sqrt() * (1 - ab_prev) / (1 - ab_t)
+    mean = m1 + gain * (y_t - m_t)
+    var = (1 - ab_prev) - a_t * (1 - ab_prev) ** 2 / (1 - ab_t)
+    return mean, var, ab_prev.sqrt() - gain * ab_t.sqrt()
+
+
+def exact_eps(y_t, y0, y_hat, t):
+    """The ε that eq. 2 used to make y_t from y0 and ŷ at timesteps t (schedule above)."""
+    _, ab = schedule()
+    s = ab.sqrt()[t].unsqueeze(-1)
+    return (y_t.double() - s * y0 - (1 - s) * y_hat) / (1 - ab[t]).sqrt().unsqueeze(-1)
+
+
+PATIENTS_Y0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+PATIENTS_YHAT = torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=torch.float64)
+
+
+def trajectory(cfd: CFD, n: int, offset: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Reverse trajectories [y_T, ..., y_0] `(2, n, 2)` float64 of the two patients above,
+    with the exact noise predictor (plus a constant `offset`, if given)."""
+    y0 = PATIENTS_Y0.repeat_interleave(n, dim=0)
+
+    def eps(y_t, feats, prior, t):
+        e = exact_eps(y_t, y0, prior.double(), t)
+        return (e if offset is None else e + offset).float()
+
+    traj = cfd.sample(torch.zeros(2, 6), PATIENTS_YHAT.float(), n_samples=n,
+                      generator=torch.Generator().manual_seed(11), noise_fn=eps,
+                      return_trajectory=True)
+    return [y.double() for y in traj]
+
+
+def test_reverse_step_matches_card_posterior_mean_and_variance():
+    """Monte Carlo over 40 000 samples per patient: every reverse step y_t -> y_{t-1} draws
+    from q(y_{t-1} | y_t, y0, ŷ) (exact ε): residuals against the closed-form mean have zero
+    mean, no slope in y_t, and variance β̃_t = (1 - ᾱ_{t-1}) β_t / (1 - ᾱ_t)."""
+    cfd = make().eval()
+    n = 40_000
+    traj = trajectory(cfd, n)
+    betas, ab = schedule()
+    # y_T ~ N(ŷ, I), CARD's prior
+    torch.testing.assert_close(traj[0].mean(1), PATIENTS_YHAT, atol=0.03, rtol=0)
+    torch.testing.assert_close(traj[0].var(1), torch.ones(2, 2, dtype=torch.float64),
+                               atol=0.04, rtol=0)
+    for k, step in enumerate(range(cfd.timesteps - 1, 0, -1)):
+        y_t, y_prev = traj[k], traj[k + 1]
+        mean, var, _ = posterior(step, y_t, PATIENTS_Y0[:, None], PATIENTS_YHAT[:, None])
+        assert torch.isclose(var, (1 - ab[step - 1]) * betas[step] / (1 - ab[step]))
+        resid = y_prev - mean  # (2 patients, n, 2 classes)
+        sd = float(var.sqrt())
+        assert resid.mean(1).abs().max() < 5 * sd / n**0.5, (step, resid.mean(1))
+        torch.testing.assert_close(resid.var(1), var.expand(2, 2), rtol=0.05, atol=0)
+        # no dependence on y_t left over (γ1 right): correlation within sampling error
+        centred = y_t - y_t.mean(1, keepdim=True)
+        corr = (resid * centred).mean(1) / (resid.std(1) * centred.std(1))
+        assert corr.abs().max() < 5 / n**0.5, (step, corr)
+    # the last step returns the y0 reparameterisation: exactly y0
+    torch.testing.assert_close(traj[-1], PATIENTS_Y0[:, None].expand(2, n, 2), atol=1e-4,
+                               rtol=0)
+
+
+def test_reverse_loop_with_constant_offset_predictor_has_the_predicted_bias():
+    """ε_θ = ε + c: eq. 4 returns y0 - c sqrt(1 - ᾱ_t) / sqrt(ᾱ_t), so every reverse step's
+    mean moves by -(d mean / d y0) c sqrt(1 - ᾱ_t) / sqrt(ᾱ_t), its variance does not
+    change, and the final sample is y0 - c sqrt(β_1 / (1 - β_1)) for every draw."""
+    cfd = make().eval()
+    n = 40_000
+    c = torch.tensor([0.5, -0.25], dtype=torch.float64)
+    traj = trajectory(cfd, n, offset=c)
+    betas, ab = schedule()
+    for k, step in enumerate(range(cfd.timesteps - 1, 0, -1)):
+        y_t, y_prev = traj[k], traj[k + 1]
+        mean, var, d_y0 = posterior(step, y_t, PATIENTS_Y0[:, None], PATIENTS_YHAT[:, None])
+        bias = -d_y0 * c * ((1 - ab[step]) / ab[step]).sqrt()
+        resid = y_prev - mean
+        sd = float(var.sqrt())
+        torch.testing.assert_close(resid.mean(1), bias.expand(2, 2),
+                                   atol=5 * sd / n**0.5 + 1e-4, rtol=0)
+        torch.testing.assert_close(resid.var(1), var.expand(2, 2), rtol=0.05, atol=0)
+    final = PATIENTS_Y0 - c * (betas[0] / (1 - betas[0])).sqrt()
+    torch.testing.assert_close(traj[-1], final[:, None].expand(2, n, 2), atol=1e-4, rtol=0)
+
+
+class ExactPredictor(torch.nn.Module):
+    """An exact network for eq. 6: the features carry y0 (feature_dim = y_dim); predicts the
+    true ε (target noise) or y0 itself (target y0), plus `offset`."""
+
+    def __init__(self, target: str, offset: float = 0.0) -> None:
+        super().__init__()
+        self.target, self.offset = target, offset
+
+    def forward(self, y_t, feats, y_hat, t):
+        y0 = feats.double()
+        out = y0 if self.target == "y0" else exact_eps(y_t, y0, y_hat.double(), t)
+        return (out + self.offset).float()
+
+
+@pytest.mark.parametrize("target", ["noise", "y0"])
+def test_eq6_loss_is_zero_for_an_exact_predictor_and_a_mean_square(target):
+    torch.manual_seed(0)
+    cfd = CFD(feature_dim=2, hidden=8, target=target)
+    labels = torch.arange(64) % 2
+    y0 = torch.nn.functional.one_hot(labels, 2).float()
+    y_hat = torch.softmax(torch.randn(64, 2), -1)
+    cfd.noise_net = ExactPredictor(target)
+    assert float(cfd.loss(y0, y0, y_hat)) < 1e-9  # ε recovered from y_t with eq. 2's maths
+    cfd.noise_net = ExactPredictor(target, offset=0.5)
+    assert float(cfd.loss(y0, y0, y_hat)) == pytest.approx(0.25, abs=1e-6)  # mean of 0.5²
+    # the other target's exact predictor is not exact for this target
+    other = ExactPredictor("y0" if target == "noise" else "noise")
+    cfd.noise_net = other
+    assert float(cfd.loss(y0, y0, y_hat)) > 0.05

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmfusion.errors import ConfigError
-from mmfusion.model.mmfusion import VARIANTS, MMFusionModel, ModelConfig
+from mmfusion.model.backbone import ResNet3D
+from mmfusion.model.mmfusion import NODE_KEYS, VARIANTS, MMFusionModel, ModelConfig
 
 WIDTHS = {"clinical": 5, "hematology": 4, "radiomics_tumour": 6, "radiomics_node": 3}
 TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=8, hga_out=8,
@@ -49,8 +50,17 @@ def test_variant_forward_loss_predict(variant):
     assert "diffusion" not in model.loss(batch, model(batch), phase="warmup")
     model.eval()
     p, u = model.predict(batch, generator=torch.Generator().manual_seed(0))
-    assert p.shape == u.shape == (3,) and ((p >= 0) & (p <= 1)).all()
-    assert (u > 0).all() if variant == "mmfusion" else (u == 0).all()
+    assert p.shape == u.shape == (3,)
+    if variant == "mmfusion":  # mean and sd of CARD's mapping over the reverse samples
+        samples = model.diffusion_samples(batch, generator=torch.Generator().manual_seed(0))
+        per_sample = torch.softmax(-(samples - 1).square(), dim=-1)[..., 1]
+        torch.testing.assert_close(p, per_sample.mean(1))
+        torch.testing.assert_close(u, per_sample.std(1, unbiased=False))
+        assert (u > 0).all()
+    else:  # the MLP head's sigmoid, no uncertainty
+        with torch.no_grad():
+            torch.testing.assert_close(p, torch.sigmoid(model(batch).logit))
+        assert (u == 0).all()
 
 
 @pytest.mark.parametrize("variant", ["base1", "mmfusion"])
@@ -88,9 +98,9 @@ def test_shared_backbone_and_widths_from_spec():
 
 
 def test_config_rejects_unknown_keys_and_variants():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"unknown model setting.*'lr'"):
         ModelConfig.from_config({"variant": "base1", "lr": 1})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="model variant must be one of.*got 'base4'"):
         ModelConfig(variant="base4")
     cfg = ModelConfig.from_config({"variant": "base2", "depth": 18})
     assert dataclasses.asdict(cfg)["depth"] == 18
@@ -118,3 +128,60 @@ def test_node_slots_of_equal_size_share_a_backbone_call_only_in_eval(train):
             alone = backbone(batch[key][rows])[0]
         assert torch.allclose(fmaps[f"{key}_fmap"][rows], alone, atol=1e-5)
         assert (fmaps[f"{key}_fmap"][~rows] == 0).all()
+
+
+def test_eq7_loss_value_recomputed_from_the_model_outputs(monkeypatch):
+    """Eq. 7 = BCE(guide) + L^T_MSE + L^N_MSE (eq. 5) + eq. 6, each recomputed here from
+    what the model produced: the guide logit, the unmasked and masked cross-tissue
+    representations (alignment over valid tokens only) and the noise network's input and
+    output (its ε recovered from y_t by inverting eq. 2 with y0 = one-hot(label))."""
+    model = make("mmfusion").train()
+    batch = make_batch()
+    cross = []  # (x^cu, x^cm) of the tumour branch, then of the node branch
+    original = model.mmrl._cross
+
+    def spy_cross(*args):
+        x_cu, x_cm = original(*args)
+        cross.append((x_cu.detach().double(), x_cm.detach().double()))
+        return x_cu, x_cm
+
+    monkeypatch.setattr(model.mmrl, "_cross", spy_cross)
+    net_calls = []
+    model.cfd.noise_net.register_forward_hook(
+        lambda m, args, out: net_calls.append((*[a.detach() for a in args], out.detach())))
+    torch.manual_seed(4)
+    out = model(batch)
+    terms = model.loss(batch, out, phase="joint")
+    assert len(cross) == 2 and len(net_calls) == 1
+
+    label = batch["label"].double()
+    z = out.logit.detach().double()
+    bce = -(label * torch.sigmoid(z).log() + (1 - label) * torch.sigmoid(-z).log()).mean()
+    (t_cu, t_cm), (n_cu, n_cm) = cross
+    align_t = (t_cu - t_cm).square().mean()  # every tumour token is valid
+    tokens = [ResNet3D.feature_size(tuple(batch[k].shape[2:])) for k in NODE_KEYS]
+    valid = torch.cat([batch["node_present"][:, k : k + 1].bool().expand(-1, int(
+        torch.tensor(size).prod())) for k, size in enumerate(tokens)], 1)
+    assert valid.shape == n_cu.shape[:2]
+    align_n = (n_cu - n_cm).square()[valid].mean()
+    y_t, feats, y_hat, t, pred = net_calls[0]
+    torch.testing.assert_close(feats, out.features.detach())
+    p = torch.sigmoid(out.logit.detach())
+    torch.testing.assert_close(y_hat, torch.stack([1 - p, p], -1))  # ŷ = [1 - σ, σ]
+    ab = torch.cumprod(1 - torch.linspace(model.cfg.beta_start, model.cfg.beta_end,
+                                          model.cfg.timesteps, dtype=torch.float64), 0)[t]
+    y0 = torch.nn.functional.one_hot(batch["label"].long(), 2).double()
+    s = ab.sqrt().unsqueeze(-1)
+    eps = (y_t.double() - s * y0 - (1 - s) * y_hat.double()) / (1 - ab).sqrt().unsqueeze(-1)
+    diffusion = (pred.double() - eps).square().mean()
+
+    expected = {"bce": bce, "align_tumour": align_t, "align_node": align_n,
+                "diffusion": diffusion}
+    assert set(terms) == {*expected, "total"}
+    for name, value in expected.items():
+        assert float(terms[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-7), name
+    assert float(align_t) > 0 and float(align_n) > 0  # masking really happened
+    assert float(terms["total"]) == pytest.approx(float(sum(expected.values())), rel=1e-5)
+    warm = model.loss(batch, out, phase="warmup")
+    assert "diffusion" not in warm
+    assert float(warm["total"]) == pytest.approx(float(bce + align_t + align_n), rel=1e-5)

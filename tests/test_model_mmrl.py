@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mmfusion.model import mmrl as mmrl_module
 from mmfusion.model.mmrl import MMRL, masked_softmax
 
 
@@ -105,3 +106,88 @@ def test_masked_softmax_equals_reference_with_gradients():
     assert torch.equal(out[0, 0, 1], torch.zeros(6))
     full = torch.ones_like(keep)
     assert torch.allclose(masked_softmax(scores, None), masked_softmax(scores, full))
+
+
+# ---- the maths against definitions ------------------------------------------------------
+
+def record_masked_softmax(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None,
+                                                       torch.Tensor]]:
+    """Record (scores, keep, weights) of every masked_softmax call MMRL makes."""
+    calls = []
+
+    def spy(scores, keep):
+        weights = masked_softmax(scores, keep)
+        calls.append((scores.detach(), keep, weights.detach()))
+        return weights
+
+    monkeypatch.setattr(mmrl_module, "masked_softmax", spy)
+    return calls
+
+
+def test_mask_drops_mask_ratio_of_entries_and_gives_them_zero_weight(monkeypatch):
+    """Training: the cross-tissue relation matrices lose `mask_ratio` of their (valid)
+    entries (over many draws); dropped entries get exactly zero weight and the kept ones
+    a softmax over the kept entries only (removed, not scored 0)."""
+    model = make(0.15).train()
+    calls = record_masked_softmax(monkeypatch)
+    tumour, node, valid, slot = inputs()
+    dropped = total = 0
+    with torch.no_grad():
+        for seed in range(20):
+            calls.clear()
+            torch.manual_seed(seed)
+            model(tumour, node, valid, slot)
+            # per forward: intra_t, intra_n, cross_t (x^cu, x^cm), cross_n (x^cu, x^cm)
+            assert len(calls) == 6
+            for (scores, base, _), (scores_m, keep, w) in ((calls[2], calls[3]),
+                                                           (calls[4], calls[5])):
+                assert torch.equal(scores, scores_m)  # one relation matrix, masked or not
+                eligible = torch.ones_like(keep) if base is None else base.expand_as(keep)
+                dropped += int((eligible & ~keep).sum())
+                total += int(eligible.sum())
+                assert not (keep & ~eligible).any()  # padding keys never come back
+                assert torch.equal(w[~keep], torch.zeros(int((~keep).sum())))
+                rows = keep.any(-1)
+                ref = torch.exp(scores_m - scores_m.amax(-1, keepdim=True)) * keep
+                ref = ref / ref.sum(-1, keepdim=True).clamp(min=1e-30)
+                torch.testing.assert_close(w[rows], ref[rows])
+                torch.testing.assert_close(w.sum(-1), rows.to(w.dtype))
+    share = dropped / total  # ~ 40 000 entries: sd of the share ~ 0.002
+    assert abs(share - 0.15) < 0.01, share
+
+
+def test_eval_and_unmasked_attention_equal_scaled_dot_product_attention():
+    """Every attention of MMRL in eval mode (and with mask_ratio 0) is
+    F.scaled_dot_product_attention on the module's own Q, K, V projections; padding keys
+    are excluded through the boolean attention mask (rows with no valid key attend to
+    nothing: zero context)."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def reference(attn, query, key, key_valid):
+        b, lq, d = query.shape
+        h = attn.heads
+        q = attn.q(query).view(b, lq, h, d // h).transpose(1, 2)
+        k, v = attn.kv(key).chunk(2, dim=-1)
+        k = k.reshape(b, -1, h, d // h).transpose(1, 2)
+        v = v.reshape(b, -1, h, d // h).transpose(1, 2)
+        mask = None if key_valid is None else key_valid[:, None, None, :]
+        ctx = sdpa(q, k, v, attn_mask=mask).nan_to_num(0.0)  # all-masked rows: NaN -> 0
+        return attn.out(ctx.transpose(1, 2).reshape(b, lq, d))
+
+    tumour, node, valid, slot = inputs()
+    for ratio, mode in ((0.15, False), (0.0, True)):
+        model = make(ratio).train(mode)
+        with torch.no_grad():
+            out = model(tumour, node, valid, slot)
+            t = model.norm_t(model.proj_t(tumour))
+            n = model.norm_n(model.proj_n(node) + model.slot(slot)) * valid.unsqueeze(-1)
+            t_s = t + reference(model.intra_t, t, t, None)
+            n_s = n + reference(model.intra_n, n, n, valid)
+            t_c = reference(model.cross_t, t_s, n_s, valid)
+            n_c = reference(model.cross_n, n_s, t_s, None)
+            w = valid.unsqueeze(-1).float()
+            node_emb = torch.cat([(n_s * w).sum(1), (n_c * w).sum(1)], -1) / w.sum(1).clamp(
+                min=1)
+        torch.testing.assert_close(out.tumour, torch.cat([t_s.mean(1), t_c.mean(1)], -1))
+        torch.testing.assert_close(out.node, node_emb)
+        assert float(out.align_tumour) == 0 and float(out.align_node) == 0

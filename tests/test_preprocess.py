@@ -141,11 +141,11 @@ def test_fewer_features_than_requested_and_settings():
     table = make_table()
     prep = FoldPreprocessor(SPEC, {"n_tumour": 500, "n_node": 500}).fit(table)
     assert 0 < len(prep.columns_["radiomics_tumour"]) <= N_T
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"unknown preprocess setting\(s\): \['n_features'\]"):
         PreprocessSettings.from_config({"n_features": 3})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="selection must be one of.*got 'lasso'"):
         PreprocessSettings(selection="lasso")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="transform called before fit"):
         FoldPreprocessor(SPEC).transform(table)
 
 
@@ -174,5 +174,5 @@ def test_log_transform_of_skewed_positive_columns():
     raw = train["wbc"].to_numpy()
     np.testing.assert_allclose(plain.transform(train)["hematology"][:, 0],
                                (raw - raw.mean()) / raw.std(), atol=1e-5)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="log_skew must be >= 0"):
         PreprocessSettings(log_skew=-1)

@@ -85,11 +85,11 @@ def test_ibsi_resample_keeps_global_grid():
 def test_settings_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown radiomics"):
         RadiomicsSettings.from_config({"bin_width": 25})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="resampling must be one of.*got 'nearest'"):
         RadiomicsSettings(resampling="nearest")
     bad = tmp_path / "p.yaml"
     bad.write_text("setting: {binWidth: -}\nfoo: [\n")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"p\.yaml\] cannot read radiomics params"):
         Extractor(RadiomicsSettings(params=str(bad)))
 
 

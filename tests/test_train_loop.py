@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.augment import AugmentSettings
 from mmfusion.train.dataset import SplitData
 from mmfusion.train.loop import TrainConfig, WeightAverage, fit_fold, predict_split
+from mmfusion.train.metrics import youden_threshold
 
 TINY = dict(depth=10, base_width=4, mmrl_dim=8, mmrl_heads=2, hga_dim=16, hga_out=16,
             head_hidden=32, diffusion_hidden=16, n_samples=4, timesteps=10, dropout=0.0)
@@ -83,7 +85,7 @@ def test_mmfusion_phases_outputs_and_checkpoint_choice(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     saved = json.loads(text)
     assert {"auc", "accuracy", "precision", "recall", "f1", "brier"} <= set(saved["test"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(3\) leaves no joint epoch of 3"):
         fit_fold(cfg, config(epochs=3, warmup_epochs=3), splits(), tmp_path / "bad")
 
 
@@ -134,7 +136,7 @@ def test_weight_average_update_rule():
         else:
             assert torch.equal(value, now[name]), name
     assert not any(p.requires_grad for p in avg.model.parameters())
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"ema_decay must be in \(0, 1\) or 0 \(off\), not 1.0"):
         WeightAverage(model, 1.0)
 
 
@@ -157,3 +159,46 @@ def test_averaged_weights_are_validated_saved_and_scored(tmp_path):
     p, _ = predict_split(model, data["test"], 4, torch.device("cpu"), seed=7)
     scored = pd.read_csv(tmp_path / "run" / "predictions.csv")["probability"].to_numpy()
     np.testing.assert_allclose(scored, p, atol=1e-6)
+
+
+def test_mmfusion_test_labels_do_not_steer_weights_temperature_or_threshold(tmp_path):
+    """mmfusion (guide warm-up, joint diffusion, validation-fitted temperature of the
+    `difference` mapping, Youden threshold): permuting the test fold's labels leaves every
+    weight, the temperature, the threshold, the training log and the validation outputs
+    bit-identical; only the test metrics change."""
+    cfg = ModelConfig(variant="mmfusion", probability="difference", **TINY)
+    train = config(epochs=3, warmup_epochs=1, select_from=1, diffusion_updates=1,
+                   augment=AugmentSettings())
+    a = fit_fold(cfg, train, splits(), tmp_path / "a")
+    # a permutation that matters: one for which a threshold pooled over validation and
+    # test (a leak) would move; test scores do not depend on test labels, so run a's serve
+    labels = splits()["test"].labels
+    val_a = pd.read_csv(tmp_path / "a" / "val_predictions.csv")
+    test_p = pd.read_csv(tmp_path / "a" / "predictions.csv")["probability"].to_numpy()
+
+    def pooled(y: np.ndarray) -> float:
+        return youden_threshold(np.r_[val_a["label"], y], np.r_[val_a["probability"], test_p])
+
+    permuted = next(np.array(c) for c in sorted(set(itertools.permutations(labels)))
+                    if pooled(np.array(c)) != pooled(labels))
+    assert sorted(permuted) == sorted(labels) and not (permuted == labels).all()
+    b = fit_fold(cfg, train, splits(permuted), tmp_path / "b")
+    for name in ("model.pt", "last.pt"):
+        sa = torch.load(tmp_path / "a" / name, weights_only=False)["model"]
+        sb = torch.load(tmp_path / "b" / name, weights_only=False)["model"]
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert a["temperature"] is not None and a["temperature"] == b["temperature"]
+    assert a["threshold"] == b["threshold"] and a["best_epoch"] == b["best_epoch"]
+    assert a["val"] == b["val"]
+    timing = ["epoch_seconds", "data_wait_share"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "a" / "train_log.csv").drop(columns=timing),
+        pd.read_csv(tmp_path / "b" / "train_log.csv").drop(columns=timing))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "val_predictions.csv"),
+                                  pd.read_csv(tmp_path / "b" / "val_predictions.csv"))
+    pa = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    pb = pd.read_csv(tmp_path / "b" / "predictions.csv")
+    pd.testing.assert_frame_equal(pa.drop(columns="label"), pb.drop(columns="label"))
+    assert pb["label"].tolist() == permuted.tolist()
+    assert a["test"] != b["test"]  # the labels did reach the test metrics

@@ -7,9 +7,11 @@ starves the model:
 
 - flip: along one random spatial axis per patient;
 - noise: additive Gaussian noise, sd uniform in [0, noise_std];
-- bias field: a multiplicative smooth field exp(polynomial of order 2 in z, y, x);
+- bias field: a multiplicative smooth field exp(polynomial of order 2 in z, y, x on
+  [-1, 1]^3, no constant term, each coefficient uniform in ±bias_coefficient);
 - motion: a cheap stand-in for k-space motion artefacts — the patch blended with a copy
-  shifted by a few voxels (ghosting), not TorchIO's k-space simulation.
+  shifted by 1..motion_shift voxels along one axis (ghosting; ghost weight uniform in
+  [0, 0.3)), not TorchIO's k-space simulation.
 """
 
 from __future__ import annotations
