@@ -75,7 +75,7 @@ def test_explicit_cuda(monkeypatch, torch_cuda, dgl_cuda):
     if torch_cuda and dgl_cuda:
         assert dev.resolve_device("cuda") == torch.device("cuda")
         return
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="train.device is cuda but ") as err:
         dev.resolve_device("cuda")
     text = str(err.value)
     assert "\n" not in text and text.startswith("train.device is cuda but ")

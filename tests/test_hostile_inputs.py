@@ -317,7 +317,7 @@ def test_corrupt_slice_is_named_and_the_series_refused(tmp_path, which, how):
     assert [r["files"] for r in bad] == [[f"ct/{files[which].name}"]]
     ct = [r for r in rows if r["modality"] == "CT" and r["n_files"] > 1]
     assert len(ct) == 1 and Problem.UNREADABLE_IN_SERIES_FOLDER in ct[0]["problem_codes"]
-    with pytest.raises(DicomError) as err:
+    with pytest.raises(DicomError, match="damaged slice") as err:
         inputs_from_folder(tmp_path, SETTINGS)
     text = str(err.value)
     assert f"file {files[which]}]" in text and "patient PAT001" in text
@@ -340,7 +340,7 @@ def test_slice_split_off_by_one_changed_byte_is_named_and_refused(tmp_path, whic
     ct = [r for r in rows if r["modality"] == "CT" and r["n_files"] > 1]
     assert len(ct) == 1 and Problem.STRAY_SLICE in ct[0]["problem_codes"]
     assert f"ct/{files[which].name}" in " ".join(ct[0]["problems"])
-    with pytest.raises(DicomError) as err:
+    with pytest.raises(DicomError, match="patient PAT001") as err:
         select_inputs(rows, "PAT001", SETTINGS)
     assert f"file {files[which]}]" in str(err.value) and "patient PAT001" in str(err.value)
 
@@ -397,7 +397,7 @@ TABLES = TableSettings.from_config({"label_column": "lnm"},
 def test_infinite_number_in_a_table_names_file_column_and_patient(tmp_path, value):
     clinical = tmp_path / "clinical.csv"
     clinical.write_text(f"patient_id,lnm,age\nP1,1,60\nP2,0,{value}\n")
-    with pytest.raises(TableError) as err:
+    with pytest.raises(TableError, match="infinite") as err:
         read_tables(clinical, None, TABLES)
     text = str(err.value)
     assert "patient P2" in text and str(clinical) in text and "column age" in text
@@ -422,7 +422,7 @@ def test_infinite_radiomics_value_names_file_column_and_patient(tmp_path):
     path = tmp_path / "P1" / "radiomics.tsv"
     path.parent.mkdir()
     path.write_text("patient_id\tgtvt_original_firstorder_Mean\tgtvn_present\nP1\tinf\t1\n")
-    with pytest.raises(TableError) as err:
+    with pytest.raises(TableError, match="gtvt_original_firstorder_Mean") as err:
         read_radiomics_rows([path])
     text = str(err.value)
     assert "patient P1" in text and str(path) in text and "gtvt_original_firstorder_Mean" in text
