@@ -39,7 +39,7 @@ def test_truncated_file_is_named(tmp_path):
     assert any("truncated" in p for p in ct["problems"])
     with pytest.raises(DicomError, match="pixel data") as err:
         _convert(tmp_path, tmp_path / "out")
-    assert str(files[3]) in str(err.value) and "PAT001" in str(err.value)
+    assert f"ct/{files[3].name}" in str(err.value) and "PAT001" in str(err.value)
 
 
 def test_non_dicom_files_are_listed_and_skipped(tmp_path):

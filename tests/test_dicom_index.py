@@ -76,6 +76,44 @@ def test_index_roundtrip_and_convert_from_index(tmp_path):
     assert json.loads(status.read_text())["status"] == "ok"
 
 
+def test_index_records_no_absolute_path_and_convert_finds_the_root(tmp_path):
+    """Files relative to the DICOM root, the root relative to the index's folder; the
+    workflow's --dicom-root overrides it; an older index (absolute root) still works."""
+    import csv
+    import shutil
+
+    root = tmp_path / "archive" / "dicom"
+    _patient(root, "P1")
+    index = tmp_path / "results" / "index.tsv"
+    index.parent.mkdir()
+    assert main(["index", str(root), "--out", str(index), "--no-progress"]) == 0
+    assert str(tmp_path) not in index.read_text()
+    cells = list(csv.DictReader(index.open(), delimiter="\t"))
+    assert {c["dicom_root"] for c in cells} == {"../archive/dicom"}
+    assert all(not f.startswith("/") for r in read_index(index) for f in r["files"])
+    assert {r["dicom_root"] for r in read_index(index)} == {str(root.resolve())}
+
+    def convert(*extra: str) -> dict:
+        out = tmp_path / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        assert main(["convert", "--index", str(index), "--patient", "P1", *extra, "--out",
+                     str(out), "--status-out", str(out / "convert_status.json")]) == 0
+        return json.loads((out / "convert_status.json").read_text())
+
+    assert convert()["status"] == "ok"
+    moved = tmp_path / "moved" / "deeper" / "index.tsv"
+    moved.parent.mkdir(parents=True)
+    shutil.copy(index, moved)
+    index = moved  # the recorded relative root now points nowhere: a config error
+    assert main(["convert", "--index", str(index), "--patient", "P1", "--out",
+                 str(tmp_path / "out"), "--status-out", str(tmp_path / "s.json")]) == 1
+    assert not (tmp_path / "s.json").exists()  # not an exclusion of the patient
+    assert convert("--dicom-root", str(root))["status"] == "ok"
+    legacy = index.read_text().replace("../archive/dicom", str(root))
+    index.write_text(legacy)  # as written before roots were recorded relatively
+    assert convert()["status"] == "ok"
+
+
 def test_read_index_rejects_other_tables(tmp_path):
     from mmfusion.errors import DicomError
 

@@ -197,7 +197,9 @@ def build_cohort(
         "info_columns": [c for c in INFO_COLUMNS if c in rad_cols],
         "n_patients": int(table.shape[0]),
         "n_positive": int(table["label"].sum()) if len(table) else 0,
-        "sources": {"clinical": str(clinical), "hematology": str(hematology)},
+        # file names only: outputs hold no input paths (they may name a site or a person)
+        "sources": {"clinical": Path(clinical).name,
+                    "hematology": Path(hematology).name if hematology else ""},
     }
     exclusions = pd.DataFrame(excl, columns=EXCLUSION_COLUMNS)
     exclusions = exclusions.sort_values(["patient_id", "stage"], kind="stable")

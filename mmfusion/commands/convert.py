@@ -2,7 +2,9 @@
 
 Two forms:
     mmfusion convert PATIENT_DICOM_DIR --out OUT_DIR [--tumour-roi REGEX] [--node-roi REGEX]
-    mmfusion convert --index index.tsv --patient ID --out OUT_DIR [...]
+    mmfusion convert --index index.tsv --patient ID [--dicom-root DIR] --out OUT_DIR [...]
+The index lists files relative to the DICOM root and records the root relative to the
+index file's own folder; --dicom-root overrides that (the workflow passes cohort.dicom_root).
 With --status-out FILE a foreseeable refusal is recorded there ("excluded") and the exit
 code is 0, so a workflow can go on with the other patients.
 """
@@ -26,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder holding one patient's CT series and RTSTRUCT")
     parser.add_argument("--index", help="index TSV from `mmfusion index` (instead of a folder)")
     parser.add_argument("--patient", help="patient (sanitised or raw PatientID) with --index")
+    parser.add_argument("--dicom-root", metavar="DIR",
+                        help="with --index: the folder that was indexed (the index's files are"
+                        " relative to it); default: the root the index records, relative to"
+                        " the index file's folder, so needed only when the index or the"
+                        " archive moved")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tumour-roi", help="regex for the GTV-T ROI name (case-insensitive,"
                         " full match); default: rois.tumour of the config schema")
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         inputs_from_folder,
         inputs_from_index,
     )
-    from mmfusion.errors import MMFusionError
+    from mmfusion.errors import ConfigError, MMFusionError
     from mmfusion.io import write_text_atomic
 
     if bool(args.patient_dir) == bool(args.index):
@@ -60,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                          " --patient")
     if args.index and not args.patient:
         raise SystemExit("mmfusion convert: --index needs --patient")
+    if args.dicom_root and not args.index:
+        raise SystemExit("mmfusion convert: --dicom-root goes with --index")
     rois = {k: v for k, v in (("tumour", args.tumour_roi), ("node", args.node_roi)) if v}
     convert = {k: v for k, v in (("plane_tolerance", args.plane_tolerance),
                                  ("missing_gap_factor", args.missing_gap_factor),
@@ -70,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
     settings = ConvertSettings.from_config(rois, convert)
     try:
         if args.index:
-            inputs = inputs_from_index(args.index, args.patient, settings)
+            inputs = inputs_from_index(args.index, args.patient, settings, args.dicom_root)
         else:
             inputs = inputs_from_folder(args.patient_dir, settings)
         patient = inputs.patient_id
         summary = convert_patient(inputs, args.out, settings)
+    except ConfigError:  # no usable DICOM root: the run's setting, not this patient's data
+        raise
     except MMFusionError as err:
         if not args.status_out:
             raise

@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "index", help="crawl a DICOM folder and write the series/RTSTRUCT index (TSV)",
         description="Read DICOM headers under DICOM_ROOT (any folder layout; non-DICOM files"
         " are listed and skipped), group them into series and RT objects, link every"
-        " RTSTRUCT to its CT series, and write one TSV row per series / object.",
+        " RTSTRUCT to its CT series, and write one TSV row per series / object. Files are"
+        " recorded relative to DICOM_ROOT, and DICOM_ROOT relative to the index's folder"
+        " (`mmfusion convert --index` finds it there, or takes --dicom-root); no patient"
+        " name, birth date or other header text beyond PatientID, UIDs, geometry, ROI names"
+        " and the structure set date is written.",
     )
     parser.add_argument("dicom_root", metavar="DICOM_ROOT", help="folder to crawl")
     parser.add_argument("--out", required=True, help="index TSV to write")

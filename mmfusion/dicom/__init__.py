@@ -10,7 +10,9 @@ Modules:
     linking         link each RTSTRUCT to a CT series (series UID, else FoR + geometry)
     problems        `Problem` codes recorded beside every index problem message
     index_io        the index TSV: columns, write_index, read_index
-    convert         per patient: select inputs from the index, write NIfTI volumes/masks
+    inputs          per patient: select the CT series and RTSTRUCT from the index rows
+    convert         per patient: write NIfTI volumes/masks and rois.json
+    relpaths        input paths in outputs made relative to the DICOM root
     series          load and check a CT series (slice sorting, spacing policy) -> volume
     rtstruct        parse an RTSTRUCT: ROIs and contours in mm
     rasterize       contours -> voxel masks on the CT grid (even-odd rule)

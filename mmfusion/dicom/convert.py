@@ -1,4 +1,10 @@
-"""Per-patient conversion: CT + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json."""
+"""Per-patient conversion: CT + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json.
+
+Which files are read is decided in `mmfusion.dicom.inputs` (re-exported here). Outputs
+name the inputs by UID and count; a file named in a warning or refusal is given relative
+to the DICOM root (`relpaths`). No DICOM header text other than UIDs, geometry and ROI
+names is copied into rois.json (no names, dates or descriptions).
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,25 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion import __version__
-from mmfusion.dicom.index import index_dicom
-from mmfusion.dicom.index_io import read_index
-from mmfusion.dicom.problems import Problem, problem_messages
+from mmfusion.dicom.inputs import (
+    PatientInputs,
+    inputs_from_folder,
+    inputs_from_index,
+    select_inputs,
+)
 from mmfusion.dicom.rasterize import rasterise_roi
+from mmfusion.dicom.relpaths import relative_error, relative_text
 from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
 from mmfusion.dicom.rtstruct import parse_rtstruct
 from mmfusion.dicom.series import SeriesChecks, load_ct_series
-from mmfusion.errors import ConfigError, DicomError
-from mmfusion.ids import NO_PATIENT_ID
+from mmfusion.errors import ConfigError, DicomError, MMFusionError
 from mmfusion.io import atomic_path
 from mmfusion.settings import schema_defaults
 
 log = logging.getLogger(__name__)
+
+__all__ = ["OUTPUT_FILES", "ConvertSettings", "PatientInputs", "convert_patient",
+           "inputs_from_folder", "inputs_from_index", "select_inputs"]
 
 OUTPUT_FILES = ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz", "rois.json")
 
@@ -70,135 +82,6 @@ class ConvertSettings:
                             uneven_tolerance=self.uneven_tolerance)
 
 
-@dataclass
-class PatientInputs:
-    patient_id: str
-    ct_files: list[str]
-    rtstruct: str
-    warnings: list[str]
-
-
-# --------------------------------------------------------------------------- input selection
-
-def select_inputs(rows: list[dict], patient: str, settings: ConvertSettings) -> PatientInputs:
-    """Pick the RTSTRUCT and its CT series for one patient from index rows.
-
-    `patient` is the sanitised ID (the `patient` column) or the raw PatientID.
-    Decisions key on the rows' `problem_codes` only; the messages are just shown.
-    Raises DicomError for every refusal (no linked RTSTRUCT, shared PatientID, ...).
-    """
-    mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]
-            and r["patient"] != NO_PATIENT_ID and r["patient_id"]]
-    if not mine:
-        raise DicomError("no DICOM object of this patient in the index", patient=patient,
-                         fix="check the PatientID or re-run `mmfusion index`")
-    patient_id = mine[0]["patient_id"]
-    for row in mine:
-        for code in (Problem.SHARED_PATIENT_ID, Problem.PATIENT_ID_COLLISION):
-            refused = problem_messages(row, code)
-            if refused:
-                raise DicomError(refused[0], patient=patient_id, path=_first_file(row),
-                                 fix="give each patient a unique PatientID")
-    structs = [r for r in mine if r["modality"] == "RTSTRUCT"]
-    if not structs:
-        raise DicomError("no RTSTRUCT for this patient", patient=patient_id,
-                         path=mine[0]["dicom_root"])
-    linked = [r for r in structs if r["linked_series_uid"]]
-    if not linked:
-        problems = "; ".join(p for r in structs for p in r["problems"])
-        raise DicomError(f"no RTSTRUCT is linked to a CT series ({problems})",
-                         patient=patient_id, path=_first_file(structs[0]),
-                         fix="add the referenced CT series to the DICOM root")
-    warnings = []
-    intact = [r for r in linked if not _DAMAGED_RTSTRUCT & set(r["problem_codes"])]
-    if not intact:
-        damage = next(m for m, c in zip(linked[0]["problems"], linked[0]["problem_codes"],
-                                         strict=True) if c in _DAMAGED_RTSTRUCT)
-        raise DicomError(f"damaged RTSTRUCT: {damage}", patient=patient_id,
-                         path=_first_file(linked[0]), fix="export the RTSTRUCT again")
-    if len(intact) < len(linked):
-        warnings.append(f"{len(linked) - len(intact)} damaged RTSTRUCT(s) skipped"
-                        f" ({', '.join(_first_file(r) for r in linked if r not in intact)})")
-    tumour = compile_roi_regex(settings.tumour, "tumour")
-    with_tumour = [r for r in intact if match_rois(r["roi_names"], tumour)]
-    choice = with_tumour or intact
-    choice.sort(key=lambda r: r["structure_set_date"], reverse=True)
-    if len(choice) > 1:
-        warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
-                        f" ({_first_file(choice[0])})")
-    consistent = [r for r in choice if Problem.FOR_MISMATCH not in r["problem_codes"]]
-    if consistent and len(consistent) < len(choice):
-        warnings.append(f"{len(choice) - len(consistent)} RTSTRUCT(s) with a Frame of"
-                        " Reference mismatch skipped")
-        choice = consistent
-    struct = choice[0]
-    mismatch = problem_messages(struct, Problem.FOR_MISMATCH)
-    if mismatch:
-        raise DicomError(mismatch[0], patient=patient_id, path=_first_file(struct),
-                         fix="re-export the RTSTRUCT on the CT's Frame of Reference")
-    series = [r for r in mine if r["modality"] == "CT"
-              and r["series_uid"] == struct["linked_series_uid"]]
-    if len(series) != 1:
-        raise DicomError(f"linked CT series {struct['linked_series_uid']} not found once in"
-                         " the index", patient=patient_id, path=_first_file(struct))
-    folders = {Path(f).parent for f in series[0]["files"]}
-    lone = [r for r in rows if r is not series[0] and len(r["files"]) == 1
-            and Path(r["files"][0]).parent in folders]
-    stray = problem_messages(series[0], Problem.STRAY_SLICE)
-    if stray:
-        beside = [r for r in lone if not r["sop_instance_uid"]  # image series rows
-                  and r["modality"] not in ("UNREADABLE", "NON-DICOM")]
-        raise DicomError(f"CT series refused: {stray[0]}", patient=patient_id,
-                         path=_first_file(beside[0] if len(beside) == 1 else series[0]),
-                         fix="repair the slice's header, or put a separate series in its"
-                         " own folder")
-    unreadable = problem_messages(series[0], Problem.UNREADABLE_IN_SERIES_FOLDER)
-    if unreadable:
-        beside = [r for r in lone if r["modality"] == "UNREADABLE"]
-        raise DicomError(f"CT series refused: {unreadable[0]}", patient=patient_id,
-                         path=_first_file(beside[0] if beside else series[0]),
-                         fix="replace the damaged file with a good copy, or remove it if it"
-                         " is not a slice of this series")
-    others = [r for r in mine if r["modality"] == "CT" and r is not series[0]]
-    if others:
-        warnings.append(f"{len(others)} other CT series ignored (not referenced by the"
-                        " RTSTRUCT)")
-    warnings.extend(f"RTSTRUCT: {p}" for p in struct["problems"])
-    root = Path(series[0]["dicom_root"])
-    return PatientInputs(
-        patient_id=patient_id,
-        ct_files=[str(root / f) for f in series[0]["files"]],
-        rtstruct=str(Path(struct["dicom_root"]) / struct["files"][0]),
-        warnings=warnings,
-    )
-
-
-_DAMAGED_RTSTRUCT = frozenset({Problem.TRUNCATED, Problem.MALFORMED_RTSTRUCT})
-
-
-def _first_file(row: dict) -> str:
-    return str(Path(row["dicom_root"]) / row["files"][0]) if row["files"] else row["dicom_root"]
-
-
-def inputs_from_index(index_tsv: str | Path, patient: str,
-                      settings: ConvertSettings) -> PatientInputs:
-    return select_inputs(read_index(index_tsv), patient, settings)
-
-
-def inputs_from_folder(folder: str | Path, settings: ConvertSettings,
-                       workers: int = 1) -> PatientInputs:
-    """Crawl one patient's folder and select its inputs; refuse several PatientIDs."""
-    rows = index_dicom(folder, workers=workers, progress=False)
-    ids = sorted({r["patient"] for r in rows if r["patient"] and r["patient"] != NO_PATIENT_ID})
-    if not ids:
-        raise DicomError("no DICOM object with a PatientID in the folder", path=str(folder))
-    if len(ids) > 1:
-        raise DicomError(f"the folder holds {len(ids)} PatientIDs ({', '.join(ids[:5])})",
-                         path=str(folder),
-                         fix="convert one patient per folder, or use `--index` with `--patient`")
-    return select_inputs(rows, ids[0], settings)
-
-
 # --------------------------------------------------------------------------- conversion
 
 def convert_patient(inputs: PatientInputs, out_dir: str | Path,
@@ -215,7 +98,10 @@ def convert_patient(inputs: PatientInputs, out_dir: str | Path,
     with contextlib.ExitStack() as stack:
         tmp = {name: stack.enter_context(atomic_path(Path(out_dir) / name))
                for name in OUTPUT_FILES}
-        return _convert(inputs, tmp, settings)
+        try:
+            return _convert(inputs, tmp, settings)
+        except MMFusionError as err:  # name files relative to the root, as the index does
+            raise relative_error(err, inputs.root) from None
 
 
 def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSettings) -> dict:
@@ -320,15 +206,14 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
             "dtype": ct_dtype,
             "n_files": len(ct.files),
         },
-        "rtstruct": {"file": rs.path, "sop_instance_uid": rs.sop_uid,
-                     "structure_set_date": rs.date},
+        "rtstruct": {"sop_instance_uid": rs.sop_uid, "series_uid": rs.series_uid},
         "tumour": {"rois": tumour_names, "voxels": tumour_voxels,
                    "volume_mm3": round(tumour_voxels * voxel_volume, 3)},
         "nodes": nodes,
         "node_rois": node_names,
         "other_rois": [n for n in names if n not in tumour_names and n not in node_names],
         "roi_reports": roi_reports,
-        "warnings": warnings,
+        "warnings": [relative_text(w, inputs.root) for w in warnings],
         "settings": asdict(settings),
         "seconds": round(time.perf_counter() - started, 3),
     }

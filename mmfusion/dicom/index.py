@@ -56,16 +56,29 @@ def _new_row(rec: dict, root: Path) -> dict:
     return row
 
 
+def _relative(path: str, given: Path, root: Path) -> str:
+    """`path` relative to the DICOM root: lexically (a file under a linked folder keeps
+    its place in the tree), else after resolving; a path outside the root stays as is."""
+    for base, p in ((given, Path(path).absolute()), (root, Path(path).resolve())):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return path
+
+
 def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
-    """Group header records into index rows and link RTSTRUCTs to CT series."""
+    """Group header records into index rows and link RTSTRUCTs to CT series.
+
+    File paths are recorded relative to `root` (in `files` and in problem messages)."""
+    given = Path(root).absolute()
     root = Path(root).resolve()
     series: dict[tuple[str, str, str], SeriesGroup] = {}
     objects: list[dict] = []
     persons: dict[str, set[str]] = defaultdict(set)
     rows_by_patient: dict[str, list[dict]] = defaultdict(list)
     for rec in records:
-        rel = Path(rec["path"]).resolve().relative_to(root).as_posix() \
-            if Path(rec["path"]).resolve().is_relative_to(root) else rec["path"]
+        rel = _relative(rec["path"], given, root)
+        if rel != rec["path"]:  # an error text may quote the file's absolute path
+            rec["problems"] = [m.replace(rec["path"], rel) for m in rec.get("problems", [])]
         if rec.get("modality") in ("NON-DICOM", "UNREADABLE"):
             row = _new_row(rec, root)
             row["n_files"] = 1

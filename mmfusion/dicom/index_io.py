@@ -1,12 +1,20 @@
 """The index TSV: its columns, and writing/reading it (list columns as JSON cells).
 
 Separate from building the index so readers (convert, cohort) need no crawling code.
+
+No absolute input path is written: `files` are relative to the DICOM root, and the
+`dicom_root` cell holds the root relative to the folder of the index file itself (so
+`mmfusion convert --index` finds the archive without being told, while the index moves
+with the results only together with the archive; `--dicom-root` overrides it). In memory
+(`build_index`, `read_index`) a row's `dicom_root` is the absolute root, as before; an
+index written by an older version (absolute root) is read unchanged.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from mmfusion.dicom.problems import SEPARATOR, Problem
@@ -30,23 +38,41 @@ def _cell(value) -> str:
     return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
+def _root_from(index_dir: Path, root: str) -> str:
+    """The root as written: relative to the index's folder ("" when unknown)."""
+    if not root:
+        return ""
+    try:
+        return Path(os.path.relpath(Path(root).resolve(), index_dir)).as_posix()
+    except ValueError:  # another drive (Windows): convert then needs --dicom-root
+        return ""
+
+
 def write_index(rows: list[dict], path: str | Path) -> None:
-    """Write the index TSV atomically (list columns as JSON, problems and codes joined)."""
+    """Write the index TSV atomically (list columns as JSON, problems and codes joined;
+    `dicom_root` relative to the index's folder)."""
     from mmfusion.io import atomic_path
 
+    index_dir = Path(path).resolve().parent
+    roots: dict[str, str] = {}
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(COLUMNS)
         for row in rows:
             out = dict(row)
+            root = str(row.get("dicom_root") or "")
+            if root not in roots:
+                roots[root] = _root_from(index_dir, root)
+            out["dicom_root"] = roots[root]
             for col in JOINED_COLUMNS:
                 out[col] = SEPARATOR.join(row[col])
             writer.writerow([_cell(out[c]) for c in COLUMNS])
 
 
 def read_index(path: str | Path) -> list[dict]:
-    """Rows of an index TSV: list columns decoded, `problems` as a list of messages and
-    `problem_codes` as the list of their `Problem` codes (same order).
+    """Rows of an index TSV: list columns decoded, `problems` as a list of messages,
+    `problem_codes` as the list of their `Problem` codes (same order) and `dicom_root`
+    as an absolute path (recorded relative to the index's folder; "" when not recorded).
 
     Raises:
         DicomError: not an index, an index from before problem codes, or a row whose
@@ -63,7 +89,11 @@ def read_index(path: str | Path) -> list[dict]:
             raise DicomError(f"not a DICOM index (missing columns {sorted(missing)})",
                              path=str(path), fix="create it with `mmfusion index`")
         rows = []
+        index_dir = Path(path).resolve().parent
         for line, row in enumerate(reader, start=2):
+            if row["dicom_root"]:
+                # relative to the (resolved) index folder; an absolute one stays as it is
+                row["dicom_root"] = os.path.normpath(index_dir / row["dicom_root"])
             for col in LIST_COLUMNS:
                 row[col] = json.loads(row[col]) if row[col] else []
             for col in JOINED_COLUMNS:

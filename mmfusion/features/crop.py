@@ -143,9 +143,9 @@ def run_crop(patient_dir: str | Path, settings: CropSettings) -> Patches:
     d = Path(patient_dir)
     ct, gtv_t, gtv_n = read_converted(d)
     patches = crop_patient(ct, gtv_t, gtv_n, settings, patient=d.name)
-    patches.meta["sources"] = {
-        name: str(d / name) for name in ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz")
-    }
+    # relative to the patient folder: outputs record no absolute path
+    patches.meta["sources"] = {name: name for name in ("ct.nii.gz", "gtv_t.nii.gz",
+                                                       "gtv_n.nii.gz")}
     patches.save(d / "patches.npz")
     if settings.qc_png:
         from mmfusion.features.qc_picture import plot_patient_qc

@@ -281,7 +281,8 @@ def run_radiomics(
     ct, gtv_t, gtv_n = read_converted(d)
     row, prov = extract_patient(ct, gtv_t, gtv_n, extractor, patient=d.name)
     prov.update(provenance_header(settings, extractor))
-    prov["sources"] = {n: str(d / n) for n in ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz")}
+    # relative to the patient folder: outputs record no absolute path
+    prov["sources"] = {n: n for n in ("ct.nii.gz", "gtv_t.nii.gz", "gtv_n.nii.gz")}
     with atomic_path(d / PROVENANCE_NAME) as tmp:
         tmp.write_text(json.dumps(prov, indent=1, sort_keys=True, default=str))
     write_row(row, d / "radiomics.tsv")
@@ -295,7 +296,7 @@ def provenance_header(settings: RadiomicsSettings, extractor: Extractor) -> dict
     text = settings.params_path.read_bytes()
     return {
         "settings": dataclasses.asdict(settings),
-        "params_file": str(settings.params_path),
+        "params_file": settings.params or "mmfusion/data/radiomics_params.yaml",  # as given
         "params_sha256": hashlib.sha256(text).hexdigest(),
         "params": extractor.params,
         "versions": {"pyradiomics": radiomics.__version__,

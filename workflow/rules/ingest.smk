@@ -35,10 +35,11 @@ rule convert_patient:
         status=f"{CONVERT_DIR}/convert_status.json",
     params:
         out=CONVERT_DIR,
+        root=COHORT.dicom_root,
         rois=config["rois"],
         convert=config["convert"],
     group:
-        "patients"
+        "convert"
     resources:
         mem_mb=RES.mem("convert_patient"),
         runtime=RES.runtime("convert_patient"),
@@ -50,7 +51,7 @@ rule convert_patient:
         "../../envs/preprocess.yaml"
     shell:
         "python -m mmfusion convert --index {input.index:q} --patient {wildcards.patient:q}"
-        " --out {params.out:q} --status-out {output.status:q}"
+        " --dicom-root {params.root:q} --out {params.out:q} --status-out {output.status:q}"
         " --tumour-roi {params.rois[tumour]:q} --node-roi {params.rois[node]:q}"
         " --plane-tolerance {params.convert[plane_tolerance]}"
         " --missing-gap-factor {params.convert[missing_gap_factor]}"
