@@ -15,7 +15,7 @@ from mmfusion.workflow_resources import RuleResources, cohort_size, gpus_per_job
 from tests.test_workflow import REPO, _snakemake
 
 DEMO = resolve_config(yaml.safe_load((REPO / "config.yaml").read_text()))
-DEEP = [v for v in VARIANTS if v not in BASELINES]
+DEEP = [v for v in DEMO["model"]["variants"] if v in VARIANTS and v not in BASELINES]
 
 
 def _config(**train: object) -> dict:

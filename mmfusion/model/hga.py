@@ -10,6 +10,11 @@ each vertex as
 The graph of one patient is built once; a batch is `dgl.batch` of B copies, cached per
 (batch size, device), so a forward pass has no Python loop over patients. The output
 f_phi(x) is the concatenation of the updated vertex features.
+
+`conv="gcn"` (paper Table 3's GCN rows, variant `mmfusion_gcn`; also what the public
+reference code uses) replaces the GAT by `dgl.nn.GraphConv` (symmetric normalisation): on
+this complete graph with self-loops every vertex then takes the plain mean of W F_j over
+all vertices, the fixed weights α_ij = 1/|V| in place of learned attention.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from collections.abc import Mapping, Sequence
 
 import dgl
 import torch
-from dgl.nn import GATConv
+from dgl.nn import GATConv, GraphConv
 from torch import nn
+
+CONVS = ("gat", "gcn")
 
 
 def complete_graph(n_vertices: int) -> dgl.DGLGraph:
@@ -37,16 +44,19 @@ class HGA(nn.Module):
             `node_image`, `clinical`, `hematology`, `radiomics_tumour`, `radiomics_node`).
         dim: common vertex width after the type-specific encoders.
         out_dim: GAT output width per vertex (all heads together).
-        heads: GAT attention heads (`out_dim` must be divisible by it).
+        heads: GAT attention heads (`out_dim` must be divisible by it; GCN: unused).
         dropout: dropout on the encoded vertex features.
+        conv: `gat` (paper eq. 1) or `gcn` (Table 3 ablation).
 
     Forward: mapping vertex type -> `(B, in_width)` -> f_phi(x) `(B, n_vertices * out_dim)`.
     """
 
     def __init__(self, in_widths: Mapping[str, int], dim: int = 64, out_dim: int = 64,
-                 heads: int = 1, dropout: float = 0.0) -> None:
+                 heads: int = 1, dropout: float = 0.0, conv: str = "gat") -> None:
         super().__init__()
-        if out_dim % heads:
+        if conv not in CONVS:
+            raise ValueError(f"HGA conv must be one of {list(CONVS)}, got {conv!r}")
+        if conv == "gat" and out_dim % heads:
             raise ValueError(f"HGA out_dim {out_dim} is not divisible by {heads} heads")
         self.vertex_types: Sequence[str] = tuple(in_widths)
         self.encoders = nn.ModuleDict({
@@ -54,7 +64,12 @@ class HGA(nn.Module):
                                 nn.Dropout(dropout))
             for name, width in in_widths.items()
         })
-        self.gat = GATConv(dim, out_dim // heads, num_heads=heads, activation=nn.functional.elu)
+        self.conv = conv
+        if conv == "gat":
+            self.gat = GATConv(dim, out_dim // heads, num_heads=heads,
+                               activation=nn.functional.elu)
+        else:
+            self.gcn = GraphConv(dim, out_dim, activation=nn.functional.elu)
         self.out_dim = len(self.vertex_types) * out_dim
         self._graph = complete_graph(len(self.vertex_types))
         self._batched: dict[tuple[int, str], dgl.DGLGraph] = {}
@@ -78,7 +93,9 @@ class HGA(nn.Module):
         """Eq. 1 on `(B, V, dim)` vertex features -> `(B, V * out_dim)`."""
         b, v, d = vertices.shape
         graph = self.batched_graph(b, vertices.device)
-        out = self.gat(graph, vertices.reshape(b * v, d))  # (B*V, heads, out/heads)
+        layer = self.gat if self.conv == "gat" else self.gcn
+        # GAT: (B*V, heads, out/heads); GCN: (B*V, out)
+        out = layer(graph, vertices.reshape(b * v, d))
         return out.reshape(b, -1)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

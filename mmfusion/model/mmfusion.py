@@ -1,4 +1,4 @@
-"""The MMFusion model and its ablations (paper Fig. 1, Table 2), switched by config.
+"""The MMFusion model and its ablations (paper Fig. 1, Tables 2 and 3), switched by config.
 
 | variant  | MMRL | HGA | CFD | fusion / prediction                                    |
 |----------|------|-----|-----|--------------------------------------------------------|
@@ -6,6 +6,17 @@
 | base2    |  ✓   |  -  |  -  | MMRL tissue embeddings + tables -> MLP                 |
 | base3    |  ✓   |  ✓  |  -  | HGA modality graph -> MLP guide head                   |
 | mmfusion |  ✓   |  ✓  |  ✓  | HGA -> guide head ŷ + CARD diffusion over the label    |
+
+Table 3 ablations (`mmfusion.model.variants.TABLE3`) are mmfusion with one change, read from
+`ModelConfig.graph_conv` / `relation_mask` / `node_flags`: `mmfusion_gcn` (GraphConv in
+HGA), `mmfusion_nomask` (MMRL without relation masking: x^cm = x^cu, alignment loss 0),
+`mmfusion_nonodeflags` (no node-present flags in the node embedding).
+
+With `pretrained` weights every patch is standardised per patch (zero mean, unit sd over
+its voxels) where it enters the backbone: MedicalNet was trained on z-scored volumes,
+while the crop stage's default `minmax` puts patches in [0, 1]. An already z-scored patch
+(`crop.normalisation: zscore`) passes unchanged (to float precision). Without pretrained
+weights the patches enter as the crop stage wrote them.
 
 A batch is a dict of tensors: `tumour` `(B, 1, D, H, W)`, `node1..node3` `(B, 1, d_k, h_k, w_k)`,
 `node_present` `(B, 3)`, one `(B, width)` float array per tabular group, `label` `(B,)`.
@@ -30,11 +41,21 @@ from mmfusion.model.backbone import ResNet3D, load_medicalnet
 from mmfusion.model.cfd import CFD
 from mmfusion.model.hga import HGA
 from mmfusion.model.mmrl import MMRL, masked_mean
-from mmfusion.model.variants import VARIANTS
+from mmfusion.model.variants import ABLATION_OVERRIDES, VARIANTS
 from mmfusion.settings import check_choice, schema_defaults
 
 NODE_KEYS = ("node1", "node2", "node3")
 TABULAR_GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
+STANDARDISE_EPS = 1e-6
+
+
+def standardise(patches: torch.Tensor) -> torch.Tensor:
+    """Each patch `(N, C, D, H, W)` to zero mean and unit sd over its voxels (MedicalNet's
+    input convention); a constant patch becomes all zeros."""
+    dims = tuple(range(1, patches.ndim))
+    mean = patches.mean(dim=dims, keepdim=True)
+    sd = patches.std(dim=dims, keepdim=True, unbiased=False)
+    return (patches - mean) / sd.clamp(min=STANDARDISE_EPS)
 
 
 @dataclass(frozen=True)
@@ -71,10 +92,29 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model variant", self.variant, list(VARIANTS))
 
-
     @property
     def switches(self) -> tuple[bool, bool, bool]:
         return VARIANTS[self.variant]
+
+    # ---- the one component a Table 3 ablation changes (variants.ABLATION_OVERRIDES) --------
+    def _override(self, name: str, default: object) -> object:
+        return ABLATION_OVERRIDES.get(self.variant, {}).get(name, default)
+
+    @property
+    def graph_conv(self) -> str:
+        """HGA layer: `gat` (paper eq. 1) or `gcn` (`mmfusion_gcn`)."""
+        return str(self._override("graph_conv", "gat"))
+
+    @property
+    def relation_mask(self) -> bool:
+        """Random relation-matrix masking in MMRL's training (off: `mmfusion_nomask`)."""
+        return bool(self._override("relation_mask", True))
+
+    @property
+    def node_flags(self) -> bool:
+        """Node-present flags in the node embedding: `node_count`, off for
+        `mmfusion_nonodeflags`."""
+        return bool(self._override("node_flags", self.node_count))
 
 
 @dataclass
@@ -112,16 +152,18 @@ class MMFusionModel(nn.Module):
         channels = next(iter(self.backbones.values())).out_channels
         self.image_dim = channels
         if self.use_mmrl:
-            self.mmrl = MMRL(channels, channels, cfg.mmrl_dim, cfg.mmrl_heads, cfg.mask_ratio,
+            mask_ratio = cfg.mask_ratio if cfg.relation_mask else 0.0
+            self.mmrl = MMRL(channels, channels, cfg.mmrl_dim, cfg.mmrl_heads, mask_ratio,
                              max_nodes=len(NODE_KEYS))
             self.image_dim = self.mmrl.out_dim
         # the node-image embedding carries which node slots are contoured (the node count,
         # up to 3): pooling or attention over present nodes alone cannot see how many there are
-        self.node_dim = self.image_dim + (len(NODE_KEYS) if cfg.node_count else 0)
+        self.node_dim = self.image_dim + (len(NODE_KEYS) if cfg.node_flags else 0)
         if self.use_hga:
             widths = {"tumour_image": self.image_dim, "node_image": self.node_dim,
                       **self.tabular_widths}
-            self.hga = HGA(widths, cfg.hga_dim, cfg.hga_out, cfg.gat_heads, cfg.dropout)
+            self.hga = HGA(widths, cfg.hga_dim, cfg.hga_out, cfg.gat_heads, cfg.dropout,
+                           conv=cfg.graph_conv)
             self.feature_dim = self.hga.out_dim
         else:
             self.feature_dim = (self.image_dim + self.node_dim
@@ -140,6 +182,13 @@ class MMFusionModel(nn.Module):
     def backbone_for(self, kind: str) -> ResNet3D:
         return self.backbones["shared" if self.cfg.shared_backbone else kind]  # type: ignore
 
+    def backbone_input(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches `(N, 1, D, H, W)` as the backbone takes them: standardised per patch
+        with pretrained (MedicalNet) weights, else unchanged."""
+        if not self.cfg.pretrained or not patches.shape[0]:
+            return patches
+        return standardise(patches)
+
     def encode_images(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Backbone feature maps: `{kind}_fmap` `(B, C, d, h, w)` for tumour and node1..3.
 
@@ -150,7 +199,8 @@ class MMFusionModel(nn.Module):
         mode, where a patch's result does not depend on the rest of its batch. In training
         mode each slot keeps its own call, so BatchNorm's batch statistics stay per slot.
         """
-        out = {"tumour_fmap": self.backbone_for("tumour")(batch["tumour"])[0]}
+        tumour = self.backbone_input(batch["tumour"])
+        out = {"tumour_fmap": self.backbone_for("tumour")(tumour)[0]}
         present = batch["node_present"].bool()
         groups: list[list[int]] = []  # node slots that share one backbone call
         for k, key in enumerate(NODE_KEYS):
@@ -167,7 +217,7 @@ class MMFusionModel(nn.Module):
             backbone = self.backbone_for(NODE_KEYS[group[0]])
             rows = [present[:, k].nonzero(as_tuple=True)[0] for k in group]
             patches = torch.cat([batch[NODE_KEYS[k]][r] for k, r in zip(group, rows, strict=True)])
-            maps = backbone(patches)[0] if patches.shape[0] else None
+            maps = backbone(self.backbone_input(patches))[0] if patches.shape[0] else None
             offset = 0
             for k, r in zip(group, rows, strict=True):
                 key = NODE_KEYS[k]
@@ -202,13 +252,19 @@ class MMFusionModel(nn.Module):
         return out.tumour, out.node, out.align_tumour, out.align_node
 
     # ---- fusion -------------------------------------------------------------------------
+    def node_input(self, n_emb: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The node-image embedding as fusion takes it: with the 3 node-present flags (the
+        node count) appended, unless `node_flags` is off."""
+        if not self.cfg.node_flags:
+            return n_emb
+        return torch.cat([n_emb, present.to(n_emb.dtype)], dim=-1)
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
         """Guide logit, fused features f_phi(x) and alignment terms for a batch."""
         fmaps = batch if "tumour_fmap" in batch else self.encode_images(batch)
         present = batch["node_present"].bool()
         t_emb, n_emb, align_t, align_n = self.image_embeddings(fmaps, present)
-        if self.cfg.node_count:
-            n_emb = torch.cat([n_emb, present.to(n_emb.dtype)], dim=-1)
+        n_emb = self.node_input(n_emb, present)
         tables = {g: batch[g] for g in self.tabular_widths}
         if self.use_hga:
             features = self.hga({"tumour_image": t_emb, "node_image": n_emb, **tables})

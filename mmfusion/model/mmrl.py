@@ -14,7 +14,9 @@ of absent nodes are padding (never attended to, never pooled). Per tissue:
 4. the alignment loss MSE(x^cu, x^cm) over valid tokens is returned (eq. 5, L^T, L^N).
 
 Unlike the public reference (a single token, where the softmax is always 1 and masking is
-a no-op), masking here changes the output.
+a no-op), masking here changes the output. `mask_ratio=0` is MMRL without relation masking
+(paper Table 3 "w/o mask", variant `mmfusion_nomask`): no relation entry is ever dropped,
+x^cm = x^cu in training too, and both alignment losses are 0.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Write the report folder: tables, paired tests, calibration, decision curves, confusion
-matrices, figures, a Markdown summary, the HTML front page's fragment and the model card."""
+matrices, figures, a Markdown summary, the HTML front page's fragment and the model card;
+`table3.csv` (paper Table 3 shape) only when a Table 3 ablation variant was trained."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from mmfusion.report.summary import (
     pooled_auc,
     variant_table,
 )
+from mmfusion.report.table3 import has_table3, table3_frame
 from mmfusion.report.thresholds import (
     SUFFIX,
     THRESHOLD_METRICS,
@@ -100,6 +102,7 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
     confusion = confusion_table(metrics.astype({"variant": str}), order)
     config_text = Path(config_yaml).read_text() if config_yaml is not None else None
     config = (yaml.safe_load(config_text) or {}) if config_text is not None else {}
+    table3 = table3_frame(metrics, predictions, config) if has_table3(order) else None
 
     c = cohort_files
     excl = exclusion_counts(c.exclusions) if c.exclusions else None
@@ -108,7 +111,7 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
         confusion=confusion, curves=curves,
         cohort=cohort_counts(c.table) if c.table else None,
         folds=fold_sizes(c.table, c.folds) if c.table and c.folds else None,
-        n_excluded=int(excl["n"].sum()) if excl is not None else None)
+        n_excluded=int(excl["n"].sum()) if excl is not None else None, table3=table3)
 
     _csv(metrics, out / "metrics_summary.csv")
     _csv(variants, out / "variants.csv")
@@ -119,6 +122,8 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
     _csv(confusion, out / "confusion_matrices.csv")
     if oracle is not None:
         _csv(oracle, out / "oracle_auc.csv")
+    if table3 is not None:
+        _csv(table3, out / "table3.csv")
     fig_dir = out / "figures"
     figures.plot_roc(predictions, order, fig_dir / "roc.png")
     figures.plot_calibration(predictions, order, fig_dir / "calibration.png", calibration)
