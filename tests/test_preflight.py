@@ -114,12 +114,16 @@ def test_two_original_ids_on_one_folder_are_an_error_naming_both(tmp_path: Path)
 
 
 def test_too_few_patients_of_a_class_for_the_folds_is_an_error(tmp_path: Path) -> None:
-    # 12 patients, 2 folds: 4 of each class needed; only 3 positives
+    # 12 patients, 2 folds: one of each class per test fold is the least (else an error),
+    # fewer than 2 per fold is a warning, 4 positives are clean
     labels = {f"P{i:02d}": "N0" for i in range(1, 13)}
-    labels.update({"P01": "N+", "P02": "N+", "P03": "N+"})
+    labels["P01"] = "N+"
     found = run_preflight(_cohort(tmp_path, labels=labels))
     assert list(_kinds(found, ERROR)) == ["too_few_per_class"]
-    assert "3 positive and 9 negative" in found[0].detail
+    assert "1 positive and 11 negative" in found[0].detail
+    labels.update({"P02": "N+", "P03": "N+"})
+    found = run_preflight(_cohort(tmp_path, labels=labels))
+    assert not _kinds(found, ERROR) and list(_kinds(found, WARNING)) == ["few_per_class"]
     labels["P04"] = "N+"
     assert run_preflight(_cohort(tmp_path, labels=labels)) == []
 

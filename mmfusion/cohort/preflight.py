@@ -24,7 +24,8 @@ from mmfusion.ids import NO_PATIENT_ID, sanitize_id
 
 ERROR, WARNING = "error", "warning"
 COLUMNS = ("severity", "kind", "patient_id", "detail")
-# each test fold and each validation split needs patients of both classes
+# each test fold needs a patient of each class (fewer per class than folds: an error);
+# fewer than this many per fold leaves the validation splits one patient (a warning)
 MIN_PER_CLASS_PER_FOLD = 2
 
 
@@ -161,13 +162,18 @@ def check_linkage(inputs: PreflightInputs, all_ids: set[str], rois: dict[str, li
         findings.append(Finding(WARNING, "missing_label", pid,
                                 f"no value in {inputs.tables.label_column}"))
     counts = Counter(int(labels[p]) for p in usable if not pd.isna(labels.get(p)))
-    need = MIN_PER_CLASS_PER_FOLD * inputs.n_folds
-    if min(counts[0], counts[1]) < need:
+    have = (f"{counts[1]} positive and {counts[0]} negative patients have images, table rows "
+            "and a label")
+    if min(counts[0], counts[1]) < inputs.n_folds:
         findings.append(Finding(
             ERROR, "too_few_per_class", "",
-            f"{counts[1]} positive and {counts[0]} negative patients have images, table rows "
-            f"and a label; {inputs.n_folds} folds need at least {need} of each class "
-            "(check cohort.id_column, the label values and the DICOM root)"))
+            f"{have}; {inputs.n_folds} folds need at least {inputs.n_folds} of each class "
+            "(one per test fold; check cohort.id_column, the label values and the DICOM root)"))
+    elif min(counts[0], counts[1]) < MIN_PER_CLASS_PER_FOLD * inputs.n_folds:
+        findings.append(Finding(
+            WARNING, "few_per_class", "",
+            f"{have}; with {inputs.n_folds} folds each test fold and validation split holds "
+            "one or two of the rarer class, so per-fold metrics rest on very few patients"))
     return findings
 
 
