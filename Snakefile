@@ -23,6 +23,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/bundle.smk"
 
 
 rule all:

@@ -87,6 +87,8 @@ FIXED: dict[str, tuple[int, int]] = {
     "make_folds": (1000, 5),
     "train_baseline": (2000, 15),
     "build_report": (4000, 30),
+    "bundle_model": (1000, 5),  # copies and checksums
+    "external_report": (4000, 15),
 }
 
 
@@ -126,6 +128,14 @@ class RuleResources:
         table["cache_patches"] = (2000, MIN_RUNTIME + math.ceil(n_patients / 100))
         table["cache_features"] = (train_mem, features_minutes)
         table["train_fold"] = (train_mem, train_minutes)
+        # external validation: `mmfusion predict` prepares every patient of the second
+        # cohort (convert + crop + radiomics: ~0.5 min per patient on 4 threads, measured
+        # 200 demo-sized patients in 5 min) and scores them with the K fold models
+        external = int(math.ceil(cohort_size({**config, "cohort": {
+            **config["cohort"], "synthetic": False,
+            "clinical": config.get("external", {}).get("clinical", "")}}) / 2))
+        table["external_prepare"] = (FIXED["extract_radiomics"][0], MIN_RUNTIME + external)
+        table["predict_external"] = (train_mem, features_minutes * 2)
         return cls(table=table, gpus=gpus)
 
     def mem(self, rule: str):  # noqa: ANN201 - a Snakemake resource callable

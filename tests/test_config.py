@@ -27,6 +27,7 @@ def settings_classes() -> dict[str, type]:
     from mmfusion.features.patches import CropSettings
     from mmfusion.features.radiomics import RadiomicsSettings
     from mmfusion.model.mmfusion import ModelConfig
+    from mmfusion.predict.settings import ExternalSettings
     from mmfusion.synth import SynthSettings
     from mmfusion.train.augment import AugmentSettings
     from mmfusion.train.loop import TrainConfig
@@ -34,7 +35,7 @@ def settings_classes() -> dict[str, type]:
     return {"crop": CropSettings, "radiomics": RadiomicsSettings, "folds": FoldSettings,
             "preprocess": PreprocessSettings, "synth": SynthSettings, "model": ModelConfig,
             "train": TrainConfig, "train.augment": AugmentSettings,
-            "rois": ConvertSettings, "convert": ConvertSettings}
+            "rois": ConvertSettings, "convert": ConvertSettings, "external": ExternalSettings}
 
 
 def _field_default(f: dataclasses.Field) -> object:

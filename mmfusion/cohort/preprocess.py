@@ -17,6 +17,7 @@ Output columns, in order (`feature_names_out_`):
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ RADIOMICS = ("radiomics_tumour", "radiomics_node")
 IMPUTATIONS = ("median", "mean")
 SCALINGS = ("standard", "robust", "none")
 SELECTIONS = ("mrmr", "l1", "none")
+STATE_FORMAT = "mmfusion.FoldPreprocessor"  # `to_dict` / `from_dict`
+STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ def _skewness(x: np.ndarray) -> np.ndarray:
         sd = np.sqrt(np.nanmean(centred**2, axis=0))
         skew = np.nanmean(centred**3, axis=0) / np.where(sd > 0, sd, np.inf) ** 3
     return np.nan_to_num(skew, nan=0.0)
+
+
+def _seen(values: pd.Series, levels: list[str]) -> list[str]:
+    """The declared `levels` that occur in `values` (compared as `_norm` text)."""
+    present = {_norm(v) for v in values.dropna()}
+    return [lv for lv in levels if _norm(lv) in present]
 
 
 def _corr(x: np.ndarray) -> np.ndarray:
@@ -244,6 +253,7 @@ class FoldPreprocessor:
         self.centre_: dict[str, np.ndarray] = {}
         self.scale_: dict[str, np.ndarray] = {}
         self.log_floor_: dict[str, np.ndarray] = {}
+        self.levels_seen_: dict[str, dict[str, list[str]]] = {}
         for group in GROUPS:
             if group in RADIOMICS:
                 names = self._numeric(group)
@@ -261,6 +271,10 @@ class FoldPreprocessor:
             x = self._apply_log(x, self.log_floor_[group])
             self.fill_[group], self.centre_[group], self.scale_[group] = self._fit_scaler(x)
             self.levels_[group] = self._categorical(group)
+            # levels present in the training rows (a declared level never seen there has an
+            # untrained one-hot column: `mmfusion predict` warns about it)
+            self.levels_seen_[group] = {col: _seen(train_df[col], lvs)
+                                        for col, lvs in self.levels_[group].items()}
         self.feature_names_out_ = {
             g: [*self.columns_[g],
                 *(f"{c}={lv}" for c, lvs in self.levels_[g].items() for lv in lvs),
@@ -293,6 +307,63 @@ class FoldPreprocessor:
 
     def fit_transform(self, train_df: pd.DataFrame) -> dict[str, np.ndarray]:
         return self.fit(train_df).transform(train_df)
+
+    # -- serialisation (JSON, never pickled) -------------------------------------------
+    def required_columns(self) -> list[str]:
+        """The input columns `transform` reads: selected numeric/radiomics columns,
+        categorical columns and flags, in group order."""
+        if not hasattr(self, "columns_"):
+            raise RuntimeError("FoldPreprocessor.required_columns called before fit")
+        return [c for g in GROUPS for c in (*self.columns_[g], *self.levels_[g],
+                                            *self._flags(g))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain JSON types (floats exact: `json` writes `repr`);
+        `from_dict` rebuilds a preprocessor whose `transform` gives identical arrays."""
+        if not hasattr(self, "columns_"):
+            raise RuntimeError("FoldPreprocessor.to_dict called before fit")
+
+        def floats(arrays: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
+            return {g: [None if np.isnan(v) else float(v) for v in np.asarray(a, float)]
+                    for g, a in arrays.items()}
+
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "settings": dataclasses.asdict(self.settings),
+            "spec": {"label_column": self.spec.get("label_column", "label"),
+                     "groups": self.spec["groups"], "flags": self.spec.get("flags", {})},
+            "columns": self.columns_, "levels": self.levels_,
+            "levels_seen": self.levels_seen_,
+            "fill": floats(self.fill_), "centre": floats(self.centre_),
+            "scale": floats(self.scale_), "log_floor": floats(self.log_floor_),
+            "feature_names_out": self.feature_names_out_,
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> FoldPreprocessor:
+        """A fitted preprocessor from `to_dict` output.
+
+        Raises:
+            ConfigError: not a preprocessor state of a version this code reads.
+        """
+        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise ConfigError(f"not a {STATE_FORMAT} state of version {STATE_VERSION}",
+                              fix="rebuild it with this version of mmfusion")
+        pre = cls(state["spec"], state["settings"])
+
+        def arrays(key: str) -> dict[str, np.ndarray]:
+            return {g: np.array([np.nan if v is None else v for v in state[key][g]],
+                                dtype=float) for g in GROUPS}
+
+        pre.columns_ = {g: list(state["columns"][g]) for g in GROUPS}
+        pre.levels_ = {g: {c: list(lv) for c, lv in state["levels"][g].items()} for g in GROUPS}
+        pre.levels_seen_ = {g: {c: list(lv) for c, lv in state["levels_seen"][g].items()}
+                            for g in GROUPS}
+        pre.fill_, pre.centre_ = arrays("fill"), arrays("centre")
+        pre.scale_, pre.log_floor_ = arrays("scale"), arrays("log_floor")
+        pre.feature_names_out_ = {g: list(state["feature_names_out"][g]) for g in GROUPS}
+        pre.n_features_out_ = {g: len(v) for g, v in pre.feature_names_out_.items()}
+        return pre
 
 
 def fold_frames(table: pd.DataFrame, folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:

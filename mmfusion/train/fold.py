@@ -26,11 +26,37 @@ from mmfusion.train.metrics import binary_metrics, json_safe, youden_threshold
 SPLITS = ("train", "val", "test")
 
 
-def load_fold_tables(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Path,
-                     fold: int, preprocess: Mapping[str, Any] | None
-                     ) -> tuple[dict[str, list[str]], dict[str, dict[str, np.ndarray]],
-                                dict[str, np.ndarray]]:
-    """Patient IDs, preprocessed tabular arrays and labels per split of `fold`."""
+PREPROCESSOR_FILE = "preprocessor.json"  # the fitted FoldPreprocessor (to_dict), per fold
+SCORING_FILE = "scoring.json"  # threshold, temperature, model settings: what scoring needs
+BASELINE_FILE = "baseline.npz"  # a baseline's fitted parameters (np.savez, no pickle)
+SCORING_FORMAT = "mmfusion.fold_scoring"
+
+
+class FoldSplits(dict):
+    """`{"train", "val", "test"}` -> `SplitData`, carrying the in-fold `preprocessor`
+    (fitted on the training rows) so that `fit_fold` can write it beside the model."""
+
+    preprocessor: FoldPreprocessor | None = None
+
+
+def write_preprocessor(pre: FoldPreprocessor, out_dir: str | Path) -> None:
+    """`preprocessor.json` (the fitted state as JSON, `FoldPreprocessor.from_dict`)."""
+    write_text_atomic(Path(out_dir) / PREPROCESSOR_FILE,
+                      json.dumps(pre.to_dict(), indent=1, allow_nan=False) + "\n")
+
+
+def write_scoring(out_dir: str | Path, scoring: Mapping[str, Any]) -> None:
+    """`scoring.json`: what scoring a new patient with this fold's model needs besides
+    the weights and the preprocessor (threshold, temperature, settings)."""
+    record = {"format": SCORING_FORMAT, "version": 1, **scoring}
+    write_text_atomic(Path(out_dir) / SCORING_FILE,
+                      json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n")
+
+
+def _fold_preprocessing(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Path,
+                        fold: int, preprocess: Mapping[str, Any] | None
+                        ) -> tuple[FoldPreprocessor, dict[str, list[str]],
+                                   dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
     from mmfusion.cohort.folds import read_folds
 
     spec = json.loads(Path(spec_json).read_text())
@@ -40,16 +66,28 @@ def load_fold_tables(table_tsv: str | Path, spec_json: str | Path, folds_tsv: st
     ids = {s: frames[s]["patient_id"].astype(str).tolist() for s in SPLITS}
     tables = {s: pre.transform(frames[s]) for s in SPLITS}
     labels = {s: frames[s]["label"].to_numpy().astype(np.int64) for s in SPLITS}
+    return pre, ids, tables, labels
+
+
+def load_fold_tables(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Path,
+                     fold: int, preprocess: Mapping[str, Any] | None
+                     ) -> tuple[dict[str, list[str]], dict[str, dict[str, np.ndarray]],
+                                dict[str, np.ndarray]]:
+    """Patient IDs, preprocessed tabular arrays and labels per split of `fold`."""
+    _, ids, tables, labels = _fold_preprocessing(table_tsv, spec_json, folds_tsv, fold,
+                                                 preprocess)
     return ids, tables, labels
 
 
 def load_fold(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Path,
               cache_dir: str | Path | None, fold: int, preprocess: Mapping[str, Any] | None,
-              features: str | Path | None = None) -> dict[str, SplitData]:
+              features: str | Path | None = None) -> FoldSplits:
     """`SplitData` for train/val/test of `fold`, patches memory-mapped from the cache, or
     (frozen-backbone mode, `features` given) the backbone feature maps from that feature
-    cache, which then replaces the patch cache."""
-    ids, tables, labels = load_fold_tables(table_tsv, spec_json, folds_tsv, fold, preprocess)
+    cache, which then replaces the patch cache. The fitted preprocessor rides along
+    (`FoldSplits.preprocessor`)."""
+    pre, ids, tables, labels = _fold_preprocessing(table_tsv, spec_json, folds_tsv, fold,
+                                                   preprocess)
     if features is not None:
         cache_ids, arrays = open_feature_cache(features)
     elif cache_dir is not None:
@@ -58,8 +96,11 @@ def load_fold(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Pat
         raise ConfigError("deep variants need the patch cache or the feature cache",
                           fix="pass --cache (or --features with model.freeze_backbone)")
     patches = {k: v for k, v in arrays.items() if k != "node_present"}
-    return {s: SplitData(ids[s], patches, arrays["node_present"], tables[s], labels[s],
-                         select_rows(cache_ids, ids[s])) for s in SPLITS}
+    splits = FoldSplits({s: SplitData(ids[s], patches, arrays["node_present"], tables[s],
+                                      labels[s], select_rows(cache_ids, ids[s]))
+                         for s in SPLITS})
+    splits.preprocessor = pre
+    return splits
 
 
 def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
@@ -71,11 +112,15 @@ def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
 
     from mmfusion.io import atomic_path
 
-    ids, tables, labels = load_fold_tables(table_tsv, spec_json, folds_tsv, fold, preprocess)
+    pre, ids, tables, labels = _fold_preprocessing(table_tsv, spec_json, folds_tsv, fold,
+                                                   preprocess)
+    fitted: list[Any] = []
     probs = fit_predict_baseline(name, tables["train"], labels["train"],
-                                 {"val": tables["val"], "test": tables["test"]}, seed)
+                                 {"val": tables["val"], "test": tables["test"]}, seed,
+                                 fitted=fitted)
     threshold = youden_threshold(labels["val"], probs["val"])
     out = Path(out_dir)
+    _export_baseline(fitted[0], name, fold, seed, threshold, pre, tables, probs, out)
     for split, fname in (("val", "val_predictions.csv"), ("test", "predictions.csv")):
         frame = pd.DataFrame({"patient_id": ids[split], "fold": fold, "variant": name,
                               "probability": np.round(probs[split], 6), "uncertainty": 0.0,
@@ -90,3 +135,26 @@ def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
     write_text_atomic(out / "metrics.json",
                       json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
     return metrics
+
+
+def _export_baseline(model: Any, name: str, fold: int, seed: int, threshold: float,
+                     pre: FoldPreprocessor, tables: Mapping[str, Mapping[str, np.ndarray]],
+                     probs: Mapping[str, np.ndarray], out: Path) -> None:
+    """The fitted baseline as arrays (`baseline.npz`), its preprocessor and scoring record;
+    the arrays are scored once on val and test to record how exactly they reproduce the
+    fitted model (`export_max_abs_diff`, 0.0 expected)."""
+    import sklearn
+
+    from mmfusion.io import atomic_path
+    from mmfusion.model.baselines import baseline_parameters, probabilities_from_parameters
+
+    params = baseline_parameters(model)
+    with atomic_path(out / BASELINE_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **params)
+    diff = max(float(np.max(np.abs(probabilities_from_parameters(params, tables[s])
+                                    - probs[s]), initial=0.0)) for s in ("val", "test"))
+    write_preprocessor(pre, out)
+    write_scoring(out, {"variant": name, "fold": fold, "kind": "baseline",
+                        "threshold": threshold, "temperature": None, "seed": seed,
+                        "parameters": BASELINE_FILE, "export_max_abs_diff": diff,
+                        "sklearn": sklearn.__version__})

@@ -144,7 +144,9 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     and is not trained, and images are not augmented (the maps are of the raw patches).
     Writes to `out_dir`: `last.pt` (resumable state), `model.pt` (chosen checkpoint, the
     whole model, backbone included), `train_log.csv`, `val_predictions.csv`,
-    `predictions.csv`, `metrics.json`. Returns the metrics dictionary.
+    `predictions.csv`, `metrics.json`; for `mmfusion predict` also `scoring.json`
+    (threshold, temperature, settings) and, when `splits` carry their fitted preprocessor
+    (`load_fold` gives a `FoldSplits`), `preprocessor.json`. Returns the metrics dictionary.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,4 +164,11 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{val_auc:.3f}")
 
     # the chosen checkpoint: threshold on validation, test scored once
-    return score_test(run, splits)
+    metrics = score_test(run, splits)
+    # what scoring a new patient needs beside model.pt and scoring.json (mmfusion predict)
+    pre = getattr(splits, "preprocessor", None)
+    if pre is not None:
+        from mmfusion.train.fold import write_preprocessor
+
+        write_preprocessor(pre, out)
+    return metrics

@@ -300,4 +300,12 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
     }
     write_text_atomic(out / "metrics.json",
                       json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
+    from mmfusion.train.fold import write_scoring
+
+    write_scoring(out, {"variant": variant, "fold": run.fold, "kind": "deep",
+                        "threshold": threshold, "temperature": temperature,
+                        "best_epoch": run.best_epoch, "weights": "model.pt",
+                        "seed": cfg.seed, "batch_size": cfg.batch_size,
+                        "model": run.settings["model"],
+                        "tabular_widths": run.settings["tabular_widths"]})
     return metrics

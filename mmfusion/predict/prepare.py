@@ -1,0 +1,216 @@
+"""New patients' images, as the workflow's stages would treat them, with the bundle's settings.
+
+index (`mmfusion.dicom.index`) -> preflight checks of the ROI regexes and IDs
+(`mmfusion.cohort.preflight`) -> per patient: convert (`mmfusion.dicom.convert`), crop
+(`mmfusion.features.crop`), radiomics (`mmfusion.features.radiomics`), in a work folder
+laid out like `results/` (`dicom_index.tsv`, `patients/{id}/`). A patient that cannot be
+used is an `Outcome` with status `excluded`, its stage and the reason; the others go on.
+
+A patient's folder records the settings key it was made with (`prepared.json`), and the
+work folder the index's (`prepared.json`): a second run with the same bundle settings
+(another variant of the same training run) reuses them instead of converting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mmfusion.errors import MMFusionError
+from mmfusion.ids import NO_PATIENT_ID
+from mmfusion.io import write_text_atomic
+from mmfusion.predict.bundle import Bundle
+from mmfusion.predict.manifest import sha256_file
+from mmfusion.predict.tables import NewTables
+
+log = logging.getLogger(__name__)
+
+STAGES = ("rois", "convert", "crop", "radiomics")
+RECORD = "prepared.json"
+OK, EXCLUDED = "ok", "excluded"
+
+
+@dataclass
+class Outcome:
+    """One patient's preparation: `ok`, or `excluded` at `stage` for `reason`."""
+
+    patient: str
+    status: str
+    stage: str = ""
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def preparation_key(bundle: Bundle) -> str:
+    """sha256 of the stages' settings and the radiomics params file's content."""
+    sections = {name: bundle.section(name) for name in STAGES}
+    sections["radiomics"]["params"] = sha256_file(sections["radiomics"]["params"])
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+def _record(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def prepare_patient(task: tuple[str, str, str, dict[str, Any], str]) -> Outcome:
+    """Convert, crop and extract radiomics of one patient into its folder (a process-pool
+    task: patient, index TSV, folder, stage sections, settings key)."""
+    from mmfusion.dicom.convert import ConvertSettings, convert_patient, inputs_from_index
+    from mmfusion.features.crop import run_crop
+    from mmfusion.features.patches import CropSettings
+    from mmfusion.features.radiomics import PROVENANCE_NAME, RadiomicsSettings, run_radiomics
+
+    patient, index_tsv, folder_name, sections, key = task
+    logging.getLogger("radiomics").setLevel(logging.ERROR)  # its INFO lines per feature class
+    folder = Path(folder_name)
+    cached = _record(folder)
+    if cached is not None and cached.get("key") == key:
+        return Outcome(**cached["outcome"])
+    stage, warnings = "convert", []
+    try:
+        settings = ConvertSettings.from_config(sections["rois"], sections["convert"])
+        summary = convert_patient(inputs_from_index(index_tsv, patient, settings), folder,
+                                  settings)
+        warnings += [f"convert: {w}" for w in summary["warnings"]]
+        write_text_atomic(folder / "convert_status.json", json.dumps(
+            {"patient_id": summary["patient_id"], "status": OK, "reason": "",
+             "warnings": summary["warnings"]}, indent=2) + "\n")
+        stage = "crop"
+        patches = run_crop(folder, CropSettings.from_config(sections["crop"]))
+        warnings += [f"crop: {w}" for w in patches.meta.get("warnings", [])]
+        stage = "radiomics"
+        run_radiomics(folder, RadiomicsSettings.from_config(sections["radiomics"]))
+        prov = json.loads((folder / PROVENANCE_NAME).read_text())
+        warnings += [f"radiomics: {w}" for w in prov.get("warnings", [])]
+        outcome = Outcome(patient, OK, warnings=warnings)
+    except MMFusionError as err:
+        outcome = Outcome(patient, EXCLUDED, stage, " ".join(str(err).split()), warnings)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / RECORD, json.dumps({"key": key, "outcome": asdict(outcome)},
+                                                  indent=1) + "\n")
+    return outcome
+
+
+def _index(dicom_root: str | Path, work: Path, key: str, workers: int,
+           progress: bool) -> list[dict]:
+    """The DICOM index of `dicom_root` in `work/dicom_index.tsv`, reused when the work
+    folder's record names the same root and settings."""
+    from mmfusion.dicom.index import index_dicom, read_index, write_index
+
+    root = str(Path(dicom_root).resolve())
+    record = _record(work)
+    index_tsv = work / "dicom_index.tsv"
+    if record and record.get("dicom_root") == root and record.get("key") == key \
+            and index_tsv.is_file():
+        log.info("reusing the index of %s in %s", root, work)
+        return read_index(index_tsv)
+    rows = index_dicom(root, workers=workers, progress=progress)
+    write_index(rows, index_tsv)
+    return read_index(index_tsv)
+
+
+def _preflight(bundle: Bundle, index_tsv: Path, rows: list[dict], tables: NewTables,
+               clinical: str | Path, hematology: str | Path | None) -> None:
+    """The workflow's preflight checks that apply here: ROI regexes against the ROI names
+    present, IDs colliding on one folder name. Errors stop the run (one line)."""
+    from mmfusion.cohort.preflight import ERROR, PreflightInputs, check_ids, check_rois
+
+    originals: dict[str, set[str]] = {}
+    rois: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("patient"):
+            originals.setdefault(row["patient"], set()).add(row.get("patient_id") or "")
+            if row["modality"] == "RTSTRUCT" and row.get("linked_series_uid"):
+                rois.setdefault(row["patient"], []).extend(row.get("roi_names") or [])
+    names = bundle.section("rois")
+    inputs = PreflightInputs(index_tsv=index_tsv, clinical=clinical, hematology=hematology,
+                             tables=tables.settings, tumour_regex=names["tumour"],
+                             node_regex=names["node"], n_folds=len(bundle.folds))
+    findings = check_rois(inputs, rois) + check_ids(originals, tables.raw["clinical"],
+                                                     tables.raw.get("hematology"))
+    for finding in findings:
+        log.warning("preflight %s %s %s: %s", finding.severity, finding.kind,
+                    finding.patient_id, finding.detail)
+    errors = [f for f in findings if f.severity == ERROR]
+    if errors:
+        raise MMFusionError(f"preflight: {errors[0].detail}", path=str(index_tsv),
+                            fix="the bundle's ROI regexes and the IDs must fit the new "
+                                "cohort")
+
+
+def linked_patients(rows: Iterable[dict]) -> tuple[list[str], list[str]]:
+    """(patients with a CT series linked to an RTSTRUCT, other patients of the index)."""
+    rows = list(rows)
+    linked = {r["patient"] for r in rows if r["modality"] == "RTSTRUCT"
+              and r["linked_series_uid"] and r["patient"] and r["patient"] != NO_PATIENT_ID}
+    others = {r["patient"] for r in rows if r.get("patient")} - linked
+    return sorted(linked), sorted(others)
+
+
+def prepare_images(bundle: Bundle, dicom_root: str | Path, work: str | Path,
+                   tables: NewTables, clinical: str | Path, hematology: str | Path | None,
+                   workers: int = 1, progress: bool = True) -> dict[str, Outcome]:
+    """Index, check and prepare every new patient that has table rows; returns an
+    `Outcome` per patient found in the index or the tables (sorted by ID)."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    key = preparation_key(bundle)
+    rows = _index(dicom_root, work, key, workers, progress)
+    index_tsv = work / "dicom_index.tsv"
+    _preflight(bundle, index_tsv, rows, tables, clinical, hematology)
+    linked, others = linked_patients(rows)
+    outcomes: dict[str, Outcome] = {}
+    for pid in others:
+        reason = ("DICOM objects without a PatientID" if pid == NO_PATIENT_ID
+                  else "no CT series linked to an RTSTRUCT")
+        outcomes[pid] = Outcome(pid, EXCLUDED, "index", reason)
+    hema = tables.hematology
+    todo = []
+    for pid in linked:
+        if pid not in tables.clinical.index:
+            outcomes[pid] = Outcome(pid, EXCLUDED, "tables", "not in the clinical table")
+        elif hema is not None and pid not in hema.index:
+            outcomes[pid] = Outcome(pid, EXCLUDED, "tables", "not in the hematology table")
+        else:
+            todo.append(pid)
+    for pid in tables.clinical.index:
+        if pid not in outcomes and pid not in todo:
+            outcomes[pid] = Outcome(pid, EXCLUDED, "index",
+                                    "in the clinical table but no images in the DICOM folder")
+    sections = {name: bundle.section(name) for name in STAGES}
+    tasks = [(pid, str(index_tsv), str(work / "patients" / pid), sections, key)
+             for pid in todo]
+    log.info("%d patient(s) to prepare (%d excluded before conversion)", len(tasks),
+             len(outcomes))
+    bar = tqdm(total=len(tasks), desc="prepare patients", unit="patient",
+               disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(prepare_patient, tasks):
+                outcomes[outcome.patient] = outcome
+                bar.update()
+    else:
+        for task in tasks:
+            outcome = prepare_patient(task)
+            outcomes[outcome.patient] = outcome
+            bar.update()
+    bar.close()
+    for outcome in outcomes.values():
+        if outcome.status == EXCLUDED:
+            log.warning("patient %s excluded at %s: %s", outcome.patient, outcome.stage,
+                        outcome.reason)
+    record = {"key": key, "dicom_root": str(Path(dicom_root).resolve())}
+    if _record(work) != record:
+        write_text_atomic(work / RECORD, json.dumps(record, indent=1) + "\n")
+    return dict(sorted(outcomes.items()))
