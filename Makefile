@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc)
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-demo help
+.PHONY: demo test lint install clean-demo help gpu-check
 
 help:
 	@echo "make demo   - install into $(VENV) (if needed) and run the whole workflow on the synthetic demo cohort"
@@ -44,6 +44,11 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf results .snakemake
+
+# Training on a CUDA GPU: device, DGL CUDA, step time, memory, amp (README). Needs a CUDA
+# GPU; not part of CI.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 # DICOM ingestion benchmark: mmfusion convert vs plastimatch convert on LUNG1-001.
 .PHONY: bench-ingest
