@@ -5,12 +5,15 @@ BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc)
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-demo help gpu-check
+.PHONY: demo test lint install clean-demo help gpu-check slurm-demo bench-ablation
 
 help:
 	@echo "make demo   - install into $(VENV) (if needed) and run the whole workflow on the synthetic demo cohort"
 	@echo "make test   - install into $(VENV) (if needed) and run the test suite"
 	@echo "make lint   - ruff + snakemake --lint"
+	@echo "make slurm-demo - the demo through a real single-node SLURM (root, Debian), compared with a local run"
+	@echo "make gpu-check  - training speed and memory on a CUDA GPU"
+	@echo "make bench-ablation - every variant on 5 synthetic cohorts (~1.5 h)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +52,20 @@ clean-demo:
 # GPU; not part of CI.
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
+
+# The workflow through a real SLURM scheduler: a single-node Slurm on this machine (root,
+# Debian; workflow/scripts/slurm-local.sh up|down), a 40-patient demo with every job submitted
+# by sbatch (--profile workflow/profiles/slurm), compared with a local run of the same config
+# (identical predictions and metrics), the cluster down again whatever happened.
+# SLURM_DEMO_ARGS: e.g. --patients 12 --epochs 3. Results in results/slurm-demo/.
+slurm-demo: $(STAMP)
+	$(BIN)/python workflow/scripts/slurm_demo.py $(SLURM_DEMO_ARGS)
+
+# Ablation benchmark (not a test): every variant, plus mmfusion on masked CT, through the
+# real workflow on 5 synthetic demo cohorts; ~1.5 h on 2 cores, resumable. Results in
+# bench_results/ablation/ (summary.md, summary.csv, ablation.png). ABLATION_ARGS: more options.
+bench-ablation: $(STAMP)
+	$(BIN)/python bench/bench_ablation.py --cores $(CORES) --resume $(ABLATION_ARGS)
 
 # DICOM ingestion benchmark: mmfusion convert vs plastimatch convert on LUNG1-001.
 .PHONY: bench-ingest

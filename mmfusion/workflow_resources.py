@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmfusion.model.variants import VARIANTS
 from mmfusion.workflow_inputs import CohortInputs
 
 # Seconds per (patient x epoch) of a demo-shaped deep variant on one CPU thread
@@ -136,6 +137,15 @@ class RuleResources:
             "clinical": config.get("external", {}).get("clinical", "")}}) / 2))
         table["external_prepare"] = (FIXED["extract_radiomics"][0], MIN_RUNTIME + external)
         table["predict_external"] = (train_mem, features_minutes * 2)
+        # Fig. 3 (plot_trajectories): every diffusion variant's fold models run forward
+        # once over the cohort (each patient is a test patient once), on the CPU, without
+        # gradients (taken as a third of a training step's time and activation memory);
+        # t-SNE of the test patients is negligible
+        n_diffusion = sum(1 for v in model["variants"] if VARIANTS.get(v, (False,) * 3)[2])
+        forward = (TRAIN_CPU_SECONDS * voxels / DEMO_VOXELS * width ** 2 * depth_cost / 3
+                   * n_patients * max(n_diffusion, 1) * SAFETY / 60)
+        table["plot_trajectories"] = (_round_up(2000 + batch_mb * depth_cost / 3, 500),
+                                      MIN_RUNTIME + math.ceil(forward))
         return cls(table=table, gpus=gpus)
 
     def mem(self, rule: str):  # noqa: ANN201 - a Snakemake resource callable

@@ -168,3 +168,98 @@ def test_warns_when_roi_exceeds_patch():
     assert any("tumour extends beyond" in w for w in p.meta["warnings"])
     ok = crop_patient(ct, t, n, CropSettings.from_config(SMALL))
     assert ok.meta["tumour"]["fraction_inside"] == 1.0 and not ok.meta["warnings"]
+
+
+def nearest_roi(label_img, label, patch_meta_centre, size, spacing, reference):
+    """The ROI `label_img == label` on a patch grid, resampled by nearest neighbour."""
+    from mmfusion.features.patches import patch_grid
+
+    grid = patch_grid(reference, patch_meta_centre, size, spacing)
+    roi = sitk.Resample(sitk.Cast(label_img == label, sitk.sitkUInt8), grid, sitk.Transform(),
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(roi).astype(bool)
+
+
+def zscore_of_low(clipped_hu):
+    """The window's low bound (-160 HU) z-scored with a clipped HU patch's statistics."""
+    low = np.full(1, -160, np.float32)
+    return ((low - float(clipped_hu.mean())) / float(clipped_hu.std()))[0]
+
+
+@pytest.mark.parametrize("normalisation", ["minmax", "zscore", "none"])
+def test_apply_mask_sets_outside_to_padding_and_keeps_inside(normalisation):
+    """Masked CT: outside the patch's own ROI exactly the padding value (what a voxel past
+    the scan takes in the same patch), inside exactly the unmasked patch."""
+    ct, t, n, _ = make_volume(n_nodes=2)
+    # 60 slices at 2 mm reach past the 100 mm scan: the unmasked patch holds real padding
+    base = {**SMALL, "tumour_size": [60, 24, 24], "normalisation": normalisation}
+    plain = crop_patient(ct, t, n, CropSettings.from_config(base))
+    masked = crop_patient(ct, t, n, CropSettings.from_config({**base, "apply_mask": True}))
+    assert masked.meta["apply_mask"] is True and "apply_mask" not in plain.meta
+    pad = plain.tumour[0, 0, 0]  # z beyond the scan: padding
+    assert pad == {"minmax": 0.0, "none": -160.0}.get(normalisation, pad)
+    s = CropSettings.from_config(base)
+    rois = [nearest_roi(t, 1, masked.meta["tumour"]["centre_mm"], s.tumour_size, s.spacing, ct)]
+    for k in (1, 2):
+        rois.append(nearest_roi(n, k, masked.meta["nodes"][k - 1]["centre_mm"],
+                                s.node_sizes[k - 1], s.spacing, ct))
+    hu = crop_patient(ct, t, n, CropSettings.from_config({**base, "normalisation": "none"}))
+    if normalisation == "zscore":
+        assert zscore_of_low(hu.tumour) == pad
+    for roi, a, b, h in zip(rois, [masked.tumour, *masked.nodes[:2]],
+                            [plain.tumour, *plain.nodes[:2]], [hu.tumour, *hu.nodes[:2]],
+                            strict=True):
+        assert a.dtype == np.float32 and a.shape == b.shape
+        assert 0 < roi.sum() < roi.size
+        np.testing.assert_array_equal(a[roi], b[roi])  # inside: unchanged, bit for bit
+        # z-score: per-patch statistics, so each patch has its own padding value
+        p = zscore_of_low(h) if normalisation == "zscore" else pad
+        assert (a[~roi] == p).all()
+        assert np.any(b[~roi] != p)  # the unmasked patch does show surrounding tissue
+    assert not masked.nodes[2].any() and masked.node_present.tolist() == [1, 1, 0]
+
+
+def test_apply_mask_uses_the_patch_own_roi():
+    """A node inside the tumour patch is masked out of it (node k's patch: node k only)."""
+    ct, t, n, _ = make_volume(n_nodes=1)
+    # 48 x 48 voxels at 2 mm (96 mm) around the tumour reach node1, 35 mm off in x
+    base = {**SMALL, "tumour_size": [12, 48, 48], "normalisation": "none"}
+    plain = crop_patient(ct, t, n, CropSettings.from_config(base))
+    masked = crop_patient(ct, t, n, CropSettings.from_config({**base, "apply_mask": True}))
+    assert np.isclose(plain.tumour, 80.0).any()  # node1 (80 HU) lies in the tumour patch
+    assert not np.isclose(masked.tumour, 80.0).any()
+    assert masked.tumour.max() == pytest.approx(120.0)  # the tumour itself stays
+    assert masked.nodes[0].max() == pytest.approx(80.0)
+
+
+def test_apply_mask_default_false_leaves_patches_unchanged(tmp_path):
+    """The default (false) gives exactly the patches and file of before: no mask, no new
+    meta key, the same bytes as apply_mask: false."""
+    assert CropSettings.from_config(SMALL).apply_mask is False
+    ct, t, n, _ = make_volume(n_nodes=3)
+    default = crop_patient(ct, t, n, CropSettings.from_config(SMALL))
+    off = crop_patient(ct, t, n, CropSettings.from_config({**SMALL, "apply_mask": False}))
+    for a, b in zip([default.tumour, *default.nodes], [off.tumour, *off.nodes], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "apply_mask" not in default.meta and default.meta == off.meta
+    default.save(tmp_path / "a.npz")
+    off.save(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    # and what it always was: the CT resampled onto the patch grid (linear, padded with
+    # the window's low end), clipped and min-max scaled, nothing masked
+    s = CropSettings.from_config(SMALL)
+    from mmfusion.features.patches import patch_grid
+
+    cases = [(default.tumour, default.meta["tumour"]["centre_mm"], s.tumour_size)]
+    cases += [(default.nodes[k], default.meta["nodes"][k]["centre_mm"], s.node_sizes[k])
+              for k in range(3)]
+    for patch, centre, size in cases:
+        grid = patch_grid(ct, centre, size, s.spacing)
+        hu = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(ct, sitk.sitkFloat32), grid,
+                                                  sitk.Transform(), sitk.sitkLinear, -160.0,
+                                                  sitk.sitkFloat32))
+        expected = (np.clip(hu, -160.0, 240.0).astype(np.float32) + 160.0) / 400.0
+        np.testing.assert_array_equal(patch, expected.astype(np.float32))
+    assert default.tumour.min() == pytest.approx((40 + 160) / 400)  # tissue around it kept
+    with pytest.raises(ConfigError, match="apply_mask must be true or false"):
+        CropSettings.from_config({**SMALL, "apply_mask": "yes"})

@@ -29,6 +29,7 @@ def test_preset_validates_and_is_the_published_recipe() -> None:
     assert (model["mask_ratio"], model["timesteps"]) == (0.15, 10)
     assert (model["beta_start"], model["beta_end"]) == (0.01, 0.95)
     assert (model["diffusion_target"], model["probability"]) == ("noise", "card")
+    assert model["diffusion_conditioning"] == "card"  # eq. 6 on the eval-mode guide, as CARD
     assert {"base1", "base2", "base3", "mmfusion", "mmfusion_gcn",
             "mmfusion_nomask"} <= set(model["variants"])
     assert (train["lr"], train["weight_decay"], train["min_lr"]) == (1e-4, 5e-4, 1e-5)
@@ -49,6 +50,7 @@ def test_preset_states_only_what_the_schema_would_also_give_or_the_paper_says() 
     """Where the preset sets a key the schema also defaults, the values agree except the
     keys whose paper value differs from our default (listed here, each cited in the file)."""
     differs = {("folds", "val_fraction"), ("model", "variants"), ("results", None),
+               ("model", "diffusion_conditioning"),
                ("cohort", "dicom_root"), ("cohort", "clinical"), ("cohort", "hematology")}
     p = preset()
     for section, values in p.items():

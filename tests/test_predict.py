@@ -183,6 +183,10 @@ def test_every_variant_has_a_verified_bundle_without_pickles(run: Path) -> None:
         assert "mean of the folds' validation-chosen" in readme
         assert bundle.decision_threshold == pytest.approx(
             np.mean([f.scoring["threshold"] for f in bundle.folds]))
+        # every variant's validation-fitted recalibration, recorded per fold
+        assert bundle.info["recalibrations"] == [f.scoring["recalibration"]
+                                                 for f in bundle.folds]
+        assert all(f.scoring["recalibration"]["method"] == "platt" for f in bundle.folds)
     mmf = load_bundle(_results(run) / "bundle" / "mmfusion")
     assert all(f.scoring["temperature"] is not None for f in mmf.folds)
 
@@ -270,8 +274,9 @@ def test_predict_reproduces_the_workflows_scores_of_training_patients(run: Path,
             for name in ("predictions.csv", "val_predictions.csv"):
                 trained = pd.read_csv(results / "models" / variant / f"fold{k}" / name)
                 both = folds[folds["fold"] == k].merge(trained, on="patient_id")
-                np.testing.assert_allclose(both["probability_x"], both["probability_y"],
-                                           atol=2e-6, err_msg=f"{variant} fold {k} {name}")
+                for col in ("probability", "probability_raw"):  # recalibrated and raw
+                    np.testing.assert_allclose(both[f"{col}_x"], both[f"{col}_y"], atol=2e-6,
+                                               err_msg=f"{variant} fold {k} {name} {col}")
                 compared += len(both)
         assert compared >= len(patients)
         table = pd.read_csv(results / "cohort" / "table.tsv", sep="\t").set_index("patient_id")

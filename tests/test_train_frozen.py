@@ -200,7 +200,7 @@ def test_frozen_training_keeps_backbone_and_predicts_like_raw_patches(cohort: Pa
         p_raw, u_raw = predict_split(model, raw[split], 4, torch.device("cpu"), seed=1)
         np.testing.assert_allclose(p_maps, p_raw, atol=1e-5, rtol=0)
         np.testing.assert_allclose(u_maps, u_raw, atol=1e-5, rtol=0)
-    written = pd.read_csv(cohort / "run" / "predictions.csv")["probability"].to_numpy()
+    written = pd.read_csv(cohort / "run" / "predictions.csv")["probability_raw"].to_numpy()
     np.testing.assert_allclose(written, predict_split(model, raw["test"], 4,
                                                       torch.device("cpu"), seed=tcfg.seed)[0],
                                atol=2e-6, rtol=0)

@@ -75,7 +75,7 @@ def test_mmfusion_phases_outputs_and_checkpoint_choice(tmp_path):
     assert metrics["temperature"] == pytest.approx(float(chosen["model"]["cfd.temperature"]))
     pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert list(pred.columns) == ["patient_id", "fold", "variant", "probability",
-                                  "uncertainty", "label"]
+                                  "uncertainty", "label", "probability_raw"]
     assert len(pred) == 6 and (pred["variant"] == "mmfusion").all()
     assert (pred["uncertainty"] >= 0).all()
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
@@ -157,15 +157,15 @@ def test_averaged_weights_are_validated_saved_and_scored(tmp_path):
     model = MMFusionModel(cfg, {g: a.shape[1] for g, a in data["train"].tables.items()})
     model.load_state_dict(chosen["model"])
     p, _ = predict_split(model, data["test"], 4, torch.device("cpu"), seed=7)
-    scored = pd.read_csv(tmp_path / "run" / "predictions.csv")["probability"].to_numpy()
-    np.testing.assert_allclose(scored, p, atol=1e-6)
+    scored = pd.read_csv(tmp_path / "run" / "predictions.csv")["probability_raw"].to_numpy()
+    np.testing.assert_allclose(scored, p, atol=1e-6)  # the model's own, before recalibration
 
 
 def test_mmfusion_test_labels_do_not_steer_weights_temperature_or_threshold(tmp_path):
     """mmfusion (guide warm-up, joint diffusion, validation-fitted temperature of the
-    `difference` mapping, Youden threshold): permuting the test fold's labels leaves every
-    weight, the temperature, the threshold, the training log and the validation outputs
-    bit-identical; only the test metrics change."""
+    `difference` mapping and recalibration, Youden threshold): permuting the test fold's
+    labels leaves every weight, the temperature, the recalibration, the threshold, the
+    training log and the validation outputs bit-identical; only the test metrics change."""
     cfg = ModelConfig(variant="mmfusion", probability="difference", **TINY)
     train = config(epochs=3, warmup_epochs=1, select_from=1, diffusion_updates=1,
                    augment=AugmentSettings())
@@ -189,6 +189,10 @@ def test_mmfusion_test_labels_do_not_steer_weights_temperature_or_threshold(tmp_
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert a["temperature"] is not None and a["temperature"] == b["temperature"]
+    # the validation-fitted recalibration (train.recalibration, default platt) too
+    assert a["recalibration"]["fitted"] and a["recalibration"] == b["recalibration"]
+    assert (tmp_path / "a" / "scoring.json").read_bytes() == \
+        (tmp_path / "b" / "scoring.json").read_bytes()
     assert a["threshold"] == b["threshold"] and a["best_epoch"] == b["best_epoch"]
     assert a["val"] == b["val"]
     timing = ["epoch_seconds", "data_wait_share"]

@@ -125,7 +125,8 @@ def run_fold(args: argparse.Namespace) -> int:
         from mmfusion.train.fold import run_baseline_fold
 
         m = run_baseline_fold(args.variant, args.table, args.spec, args.folds, args.fold,
-                              preprocess, args.out, seed=int(train_section.get("seed", 0)))
+                              preprocess, args.out, seed=int(train_section.get("seed", 0)),
+                              recalibration=train_section.get("recalibration"))
     else:
         from mmfusion.train.device import precision_for, select_device
         from mmfusion.train.fold import load_fold

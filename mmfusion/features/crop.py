@@ -10,6 +10,14 @@ patient, one `patches.npz` (see CONTRACTS.md):
 
 Absent nodes are zeros with flag 0. Nodes come from the `gtv_n` label map, whose labels
 are ordered by volume (1 = largest), so node1 is the largest node.
+
+With `crop.apply_mask` (the paper's "masked CT": GTV-T and GTV-N images "derived by
+applying corresponding masks to the original CT scans") every voxel outside the patch's
+own ROI (tumour patch: GTV-T; node patch k: node k alone, not its neighbours) is set to
+the padding value. The mask is applied last, after the CT is resampled onto the patch grid
+and windowed/normalised, to the ROI resampled onto the same grid by nearest neighbour, so
+the voxels inside the ROI are exactly those of the unmasked patch and the voxels outside
+equal exactly what padding past the scan takes in that patch (`normalise_patch`).
 """
 
 from __future__ import annotations
@@ -37,16 +45,35 @@ from mmfusion.features.patches import (
 log = logging.getLogger(__name__)
 
 
-def normalise(patch_hu: np.ndarray, settings: CropSettings) -> np.ndarray:
-    """Clip to the HU window and normalise as configured; float32."""
+def normalise_patch(patch_hu: np.ndarray, settings: CropSettings) -> tuple[np.ndarray, float]:
+    """Clip to the HU window and normalise as configured; float32.
+
+    Returns:
+        The patch and its padding value: what the low window bound (the HU a voxel past
+        the scan takes) becomes in it, by the same arithmetic (minmax 0, none the low
+        bound, zscore `(low - mean) / sd` with this patch's statistics).
+    """
     low, high = settings.hu_window
     x = np.clip(patch_hu, low, high).astype(np.float32)
+    pad = np.full(1, low, dtype=np.float32)
     if settings.normalisation == "minmax":
         x = (x - low) / (high - low)
+        pad = (pad - low) / (high - low)
     elif settings.normalisation == "zscore":
-        std = float(x.std())
-        x = (x - float(x.mean())) / (std if std > 0 else 1.0)
-    return x.astype(np.float32)
+        mean, std = float(x.mean()), float(x.std())
+        x = (x - mean) / (std if std > 0 else 1.0)
+        pad = (pad - mean) / (std if std > 0 else 1.0)
+    return x.astype(np.float32), float(pad.astype(np.float32)[0])
+
+
+def normalise(patch_hu: np.ndarray, settings: CropSettings) -> np.ndarray:
+    """Clip to the HU window and normalise as configured; float32."""
+    return normalise_patch(patch_hu, settings)[0]
+
+
+def mask_outside(patch: np.ndarray, roi: np.ndarray, value: float) -> np.ndarray:
+    """`patch` (D, H, W) with every voxel where `roi` (D, H, W) is 0 set to `value`."""
+    return np.where(roi > 0, patch, np.float32(value)).astype(np.float32)
 
 
 def crop_patient(
@@ -87,15 +114,24 @@ def crop_patient(
             fix="check that the tumour ROI pattern matches a non-empty contour",
         )
 
-    def cut(label_img: sitk.Image, label: int, size: tuple[int, int, int]) -> tuple:
+    warnings: list[str] = []
+
+    def cut(label_img: sitk.Image, label: int, size: tuple[int, int, int],
+            name: str) -> tuple:
         centre = roi_centre(label_img, label, settings.centre)
         grid = patch_grid(ct, centre, size, settings.spacing)
         hu = resample_to(ct_f, grid, label=False, default=low)
         inside, total = fraction_inside(label_img, label, grid)
-        return normalise(hu, settings), centre, inside, total
+        patch, pad = normalise_patch(hu, settings)
+        if settings.apply_mask:  # masked CT: after resampling and windowing (module doc)
+            roi = resample_to(sitk.Cast(label_img == label, sitk.sitkUInt8), grid, label=True)
+            patch = mask_outside(patch, roi, pad)
+            if not roi.any():
+                warnings.append(f"{name} covers no voxel of its patch grid: its masked patch "
+                                f"is all padding")
+        return patch, centre, inside, total
 
-    tumour, t_centre, t_inside, t_vox = cut(gtv_t, 1, settings.tumour_size)
-    warnings: list[str] = []
+    tumour, t_centre, t_inside, t_vox = cut(gtv_t, 1, settings.tumour_size, "tumour")
     if t_inside < INSIDE_WARN:
         warnings.append(f"tumour extends beyond its patch ({t_inside:.0%} inside)")
 
@@ -107,7 +143,7 @@ def crop_patient(
     for i, size in enumerate(settings.node_sizes):
         label = i + 1
         if label <= n_labels and (node_arr == label).any():
-            patch, centre, inside, vox = cut(gtv_n, label, size)
+            patch, centre, inside, vox = cut(gtv_n, label, size, f"node{label}")
             nodes.append(patch)
             present[i] = 1
             node_meta.append({"label": label, "centre_mm": centre, "voxels": vox,
@@ -133,6 +169,8 @@ def crop_patient(
         "ct_size_xyz": list(ct.GetSize()),
         "warnings": warnings,
     }
+    if settings.apply_mask:  # only when set: default patches stay byte-identical
+        meta["apply_mask"] = True
     for w in warnings:
         log.warning("patient %s: %s", patient, w)
     return Patches(tumour=tumour, nodes=nodes, node_present=present, meta=meta)

@@ -38,6 +38,8 @@ class CropSettings:
         hu_window: (low, high) HU clip window.
         normalisation: `minmax` (window -> [0, 1]), `zscore` (per patch) or `none`.
         centre: patch centre, `bbox` (ROI bounding-box centre) or `mass` (centre of mass).
+        apply_mask: the paper's masked CT: voxels outside the patch's own ROI take the
+            padding value (see `crop.normalise_patch`); false keeps surrounding tissue.
         qc_png: write the QC picture.
     """
 
@@ -47,6 +49,7 @@ class CropSettings:
     hu_window: tuple[float, float]
     normalisation: str
     centre: str
+    apply_mask: bool
     qc_png: bool = True
 
     def __post_init__(self) -> None:
@@ -76,7 +79,9 @@ class CropSettings:
             raise ConfigError(f"crop.hu_window must be [low, high], got {self.hu_window}")
         check_choice("crop.normalisation", self.normalisation, NORMALISATIONS)
         check_choice("crop.centre", self.centre, CENTRES)
-
+        if not isinstance(self.apply_mask, bool):
+            raise ConfigError(f"crop.apply_mask must be true or false, got {self.apply_mask!r}",
+                              fix="set crop.apply_mask to true or false")
 
 
 @dataclass

@@ -26,11 +26,27 @@ In frozen-backbone mode the images may be replaced by cached feature maps
 
 Loss (eq. 7) = BCE(guide) + MSE_align(T) + MSE_align(N) (eq. 5) + diffusion noise MSE (eq. 6);
 the diffusion term is added only in the `joint` phase (after the guide warm-up).
+
+What conditions eq. 6 in training, and where its gradient goes (`model.diffusion_conditioning`):
+
+- `train` (default): the features and ŷ of the training forward pass (dropout, MMRL
+  relation masking, BatchNorm batch statistics on). Eq. 6's gradient reaches the noise
+  network and, through the features, HGA, MMRL and the backbone(s); not the guide head
+  (ŷ is detached).
+- `card`: those of a second forward pass of the guide in eval mode (`card_condition`: no
+  dropout, no masking, BatchNorm running statistics, which that pass does not update),
+  without gradient, as CARD conditions its diffusion model on a pre-trained f_phi. Eq. 6's
+  gradient reaches the noise network only.
+
+In both, the guide's terms (BCE, alignment) come from the training forward pass and train
+backbone, MMRL, HGA and guide head as before; the extra noise-network updates
+(`train.diffusion_updates`) reuse the same conditioning, detached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +63,7 @@ from mmfusion.settings import check_choice, schema_defaults
 NODE_KEYS = ("node1", "node2", "node3")
 TABULAR_GROUPS = ("clinical", "hematology", "radiomics_tumour", "radiomics_node")
 STANDARDISE_EPS = 1e-6
+DIFFUSION_CONDITIONING = ("train", "card")
 
 
 def standardise(patches: torch.Tensor) -> torch.Tensor:
@@ -85,12 +102,17 @@ class ModelConfig:
     n_samples: int  # reverse-process samples per patient at inference
     probability: str  # diffusion sample -> probability: card | difference
     diffusion_target: str  # network predicts noise (CARD, eq. 6) | y0
+    # what conditions eq. 6 in training: train (the training pass's features, eq. 6 gradient
+    # into the extractor) | card (eval-mode guide pass, no gradient); module docstring
+    diffusion_conditioning: str
     node_count: bool  # append the 3 node-present flags (node count) to the node image
     # train on cached maps of a fixed (pretrained) backbone (mmfusion/train/features.py)
     freeze_backbone: bool
 
     def __post_init__(self) -> None:
         check_choice("model variant", self.variant, list(VARIANTS))
+        check_choice("model.diffusion_conditioning", self.diffusion_conditioning,
+                     DIFFUSION_CONDITIONING)
 
     @property
     def switches(self) -> tuple[bool, bool, bool]:
@@ -126,6 +148,18 @@ class ModelOutput:
     align_tumour: torch.Tensor
     align_node: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionCondition:
+    """What the noise network of eq. 6 is conditioned on: features `(B, F)` and the guide's
+    class probabilities ŷ `(B, 2)`."""
+
+    features: torch.Tensor
+    y_hat: torch.Tensor
+
+    def detach(self) -> DiffusionCondition:
+        return DiffusionCondition(self.features.detach(), self.y_hat.detach())
 
 
 class MMFusionModel(nn.Module):
@@ -273,15 +307,49 @@ class MMFusionModel(nn.Module):
         logit = self.head(features).squeeze(-1)
         return ModelOutput(logit, features, align_t, align_n)
 
+    # ---- what conditions the diffusion loss ----------------------------------------------
+    @contextmanager
+    def guide_eval(self) -> Iterator[None]:
+        """Every module of the guide f_phi (all but the diffusion head `cfd`) in eval mode
+        within the block: no dropout, no MMRL relation masking, BatchNorm on (and not
+        updating) its running statistics. Each module's own mode is restored afterwards."""
+        guide = [m for name, m in self.named_modules()
+                 if name != "cfd" and not name.startswith("cfd.")]
+        modes = [m.training for m in guide]
+        try:
+            for m in guide:
+                m.training = False
+            yield
+        finally:
+            for m, mode in zip(guide, modes, strict=True):
+                m.training = mode
+
+    @torch.no_grad()
+    def card_condition(self, batch: Mapping[str, torch.Tensor]) -> DiffusionCondition:
+        """CARD's conditioning of eq. 6: features and ŷ of the guide in eval mode
+        (`guide_eval`), computed without gradient; deterministic, and it leaves every
+        BatchNorm statistic as it was."""
+        with self.guide_eval():
+            out = self.forward(batch)
+        return DiffusionCondition(out.features, self.guide_probabilities(out.logit))
+
+    def train_condition(self, out: ModelOutput) -> DiffusionCondition:
+        """The `train` conditioning: the training pass's features (with their gradient,
+        into HGA, MMRL and the backbone) and its detached ŷ."""
+        return DiffusionCondition(out.features, self.guide_probabilities(out.logit.detach()))
+
     @staticmethod
     def guide_probabilities(logit: torch.Tensor) -> torch.Tensor:
         """ŷ `(B, 2)`: the guide's class probabilities [1 - σ(z), σ(z)]."""
         p = torch.sigmoid(logit)
         return torch.stack([1.0 - p, p], dim=-1)
 
-    def loss(self, batch: Mapping[str, torch.Tensor], out: ModelOutput, phase: str = "joint"
-             ) -> dict[str, torch.Tensor]:
-        """Eq. 7 terms and their sum (`total`). `phase`: `warmup` (no diffusion) or `joint`."""
+    def loss(self, batch: Mapping[str, torch.Tensor], out: ModelOutput, phase: str = "joint",
+             condition: DiffusionCondition | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 7 terms and their sum (`total`). `phase`: `warmup` (no diffusion) or `joint`.
+
+        `condition`: what conditions eq. 6 (`card_condition` for `diffusion_conditioning:
+        card`); None = `train_condition(out)`. The guide's terms always come from `out`."""
         label = batch["label"].float()
         terms = {
             "bce": F.binary_cross_entropy_with_logits(out.logit, label),  # eq. 5
@@ -290,8 +358,8 @@ class MMFusionModel(nn.Module):
         }
         if self.use_cfd and phase == "joint":
             y0 = F.one_hot(label.long(), 2).float()
-            y_hat = self.guide_probabilities(out.logit.detach())
-            terms["diffusion"] = self.cfd.loss(y0, out.features, y_hat)  # eq. 6
+            cond = condition if condition is not None else self.train_condition(out)
+            terms["diffusion"] = self.cfd.loss(y0, cond.features, cond.y_hat)  # eq. 6
         terms["total"] = sum(terms.values())  # eq. 7
         return terms
 

@@ -2,7 +2,8 @@
 
 Layout (every file listed with its sha256 in `manifest.json`, written last):
 
-    bundle.json            variant, folds, thresholds, temperatures, the ensemble rule
+    bundle.json            variant, folds, thresholds, temperatures, recalibrations, the
+                           ensemble rule
     settings.json          the settings the stages used: cohort keys, tables, rois,
                            convert, crop, radiomics (params -> radiomics_params.yaml),
                            preprocess, model, train
@@ -11,7 +12,8 @@ Layout (every file listed with its sha256 in `manifest.json`, written last):
     radiomics_params.yaml  the PyRadiomics params file the features were extracted with
     versions.json          python and package versions of the training environment
     README.md              contents, the ensemble rule, how to use it
-    fold{k}/scoring.json   threshold, temperature, model settings and widths of fold k
+    fold{k}/scoring.json   threshold, temperature, recalibration (validation-fitted map of
+                           the probability), model settings and widths of fold k
     fold{k}/preprocessor.json  the fitted in-fold preprocessor (FoldPreprocessor.to_dict)
     fold{k}/model.pt       deep variants: {"model": state dict, ...} (weights_only=True)
     fold{k}/baseline.npz   baselines: the fitted parameters as arrays (no pickle)
@@ -41,12 +43,17 @@ COHORT_KEYS = ("id_column", "label_column", "positive_value")
 PARAMS_NAME = "radiomics_params.yaml"
 MAX_EXPORT_DIFF = 1e-9  # a baseline's arrays must reproduce the fitted model's scores
 ENSEMBLE = {
-    "probability": "mean over the folds' models of each model's probability",
-    "uncertainty": "standard deviation of the probabilities over folds x diffusion samples "
-                   "(mmfusion; each fold's samples at that fold's temperature), over the "
-                   "folds' probabilities otherwise",
+    "probability": "mean over the folds' models of each model's probability, recalibrated "
+                   "by that fold's validation-fitted map (scoring.json recalibration: "
+                   "sigmoid(slope * logit(p) + intercept), applied to the model's mean over "
+                   "diffusion samples)",
+    "uncertainty": "standard deviation of the recalibrated probabilities over folds x "
+                   "diffusion samples (mmfusion; each fold's samples at that fold's "
+                   "temperature, then through its map), over the folds' probabilities "
+                   "otherwise",
     "decision": "1 when probability >= decision_threshold, the mean of the folds' "
-                "validation-chosen (Youden) thresholds",
+                "validation-chosen (Youden) thresholds, chosen on each fold's recalibrated "
+                "validation probabilities",
 }
 
 
@@ -130,6 +137,7 @@ def build_bundle(variant: str, models_dir: str | Path, config_yaml: str | Path,
                 "thresholds": thresholds,
                 "decision_threshold": sum(thresholds) / len(thresholds),
                 "temperatures": [f.get("temperature") for f in folds],
+                "recalibrations": [f.get("recalibration") for f in folds],
                 "label_column": config["cohort"]["label_column"],
                 "positive_value": config["cohort"]["positive_value"],
                 "ensemble": ENSEMBLE}

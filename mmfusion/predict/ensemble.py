@@ -1,11 +1,15 @@
 """Every fold's model scores every new patient; the folds form an ensemble.
 
-A fold model gives each patient a row of probabilities: the per-sample probabilities of
-the diffusion head (`mmfusion`: S reverse-process samples, each mapped with that fold's
-temperature), else one probability. The ensemble (`combine`): probability = mean over
-folds of each fold's mean; uncertainty = standard deviation over all folds x samples
-(for one probability per fold: the spread across folds); decision = probability >= the
-mean of the folds' validation-chosen thresholds.
+A fold model gives each patient a row of raw probabilities: the per-sample probabilities
+of the diffusion head (`mmfusion`: S reverse-process samples, each mapped with that fold's
+temperature), else one probability. Each fold's validation-fitted recalibration
+(`scoring.json` `recalibration`, `mmfusion.train.recalibration`; identity when absent) maps
+the mean of that row to the fold's probability, exactly as the fold scored its own test
+patients, and maps every sample for the spread. The ensemble (`combine`): probability =
+mean over folds of each fold's recalibrated probability; uncertainty = standard deviation
+of the recalibrated per-sample probabilities over all folds x samples (for one probability
+per fold: the spread across folds); decision = probability >= the mean of the folds'
+validation-chosen thresholds (chosen on recalibrated validation probabilities).
 
 Deep models are rebuilt from `scoring.json` (model settings, tabular widths) and loaded
 with `torch.load(weights_only=True)`; `model.pretrained` is not read again (the weights
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ import pandas as pd
 from mmfusion.cohort.preprocess import FoldPreprocessor
 from mmfusion.errors import ConfigError
 from mmfusion.predict.bundle import Bundle, FoldModel
+from mmfusion.train.recalibration import Recalibrator
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,8 @@ CHUNK = 64  # patients whose patches are in memory at once
 
 @dataclass
 class Scores:
-    """Per fold `(N, S)` probabilities (S = 1 without diffusion) and the ensemble."""
+    """Per fold `(N, S)` recalibrated per-sample probabilities (S = 1 without diffusion),
+    per fold `(N,)` recalibrated and raw probabilities, and the ensemble."""
 
     patients: list[str]
     per_fold: list[np.ndarray]
@@ -42,12 +48,26 @@ class Scores:
     uncertainty: np.ndarray
     decision: np.ndarray
     threshold: float
+    fold_probability: list[np.ndarray] = field(default_factory=list)
+    fold_probability_raw: list[np.ndarray] = field(default_factory=list)
 
 
-def combine(per_fold: Sequence[np.ndarray], thresholds: Sequence[float]
+def recalibrate(fold: FoldModel, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's raw `(N, S)` probabilities -> (its probability `(N,)` = the map of the
+    mean over samples, as the fold's own test predictions; every sample mapped `(N, S)`)."""
+    recal = Recalibrator.from_dict(fold.scoring.get("recalibration"))
+    raw = np.asarray(raw, dtype=np.float64)
+    return recal.apply(raw.mean(axis=1)), recal.apply(raw)
+
+
+def combine(per_fold: Sequence[np.ndarray], thresholds: Sequence[float],
+            fold_probability: Sequence[np.ndarray] | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(probability, uncertainty, decision, decision threshold) of the fold ensemble."""
-    fold_means = np.stack([np.asarray(p, float).mean(axis=1) for p in per_fold])
+    """(probability, uncertainty, decision, decision threshold) of the fold ensemble.
+    `fold_probability`: each fold's probability `(N,)` (default: the mean of its row)."""
+    if fold_probability is None:
+        fold_probability = [np.asarray(p, float).mean(axis=1) for p in per_fold]
+    fold_means = np.stack([np.asarray(p, float) for p in fold_probability])
     pooled = np.concatenate([np.asarray(p, float) for p in per_fold], axis=1)
     probability = fold_means.mean(axis=0)
     threshold = float(np.mean(thresholds))
@@ -130,6 +150,8 @@ def score(bundle: Bundle, frame: pd.DataFrame, folders: Sequence[Path],
     """Score the patients of `frame` (one row each, cohort-table columns; `folders`: their
     prepared folders, same order) with every fold of `bundle` and combine them."""
     per_fold: list[np.ndarray] = []
+    fold_p: list[np.ndarray] = []
+    fold_raw: list[np.ndarray] = []
     deep = any(f.kind == "deep" for f in bundle.folds)
     device = None
     if deep:
@@ -143,11 +165,15 @@ def score(bundle: Bundle, frame: pd.DataFrame, folders: Sequence[Path],
             probs = _deep(fold, _deep_model(fold, device), frame, folders, device)
         else:
             probs = _baseline(fold, frame)
-        log.info("%s fold %d: mean probability %.3f over %d patient(s)", bundle.variant,
-                 fold.fold, float(probs.mean()) if probs.size else float("nan"), len(probs))
-        per_fold.append(probs)
+        p, samples = recalibrate(fold, probs)
+        log.info("%s fold %d: mean probability %.3f (raw %.3f) over %d patient(s)",
+                 bundle.variant, fold.fold, float(p.mean()) if p.size else float("nan"),
+                 float(probs.mean()) if probs.size else float("nan"), len(probs))
+        per_fold.append(samples)
+        fold_p.append(p)
+        fold_raw.append(probs.mean(axis=1))
     thresholds = [float(f.scoring["threshold"]) for f in bundle.folds]
-    probability, uncertainty, decision, threshold = combine(per_fold, thresholds)
+    probability, uncertainty, decision, threshold = combine(per_fold, thresholds, fold_p)
     return Scores(patients=frame["patient_id"].astype(str).tolist(), per_fold=per_fold,
                   probability=probability, uncertainty=uncertainty, decision=decision,
-                  threshold=threshold)
+                  threshold=threshold, fold_probability=fold_p, fold_probability_raw=fold_raw)

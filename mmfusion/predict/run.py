@@ -116,10 +116,14 @@ def _write_outputs(out: Path, frame: pd.DataFrame, scores, warnings: list[str],
             writer.writerow(row)
     with atomic_path(out / "fold_probabilities.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["patient_id", "fold", "probability", "sd_over_samples"])
-        for k, probs in enumerate(scores.per_fold):
-            for pid, p in zip(scores.patients, probs, strict=True):
-                writer.writerow([pid, k, f"{p.mean():.6f}", f"{p.std():.6f}"])
+        # probability: the fold's recalibrated probability (= its own test predictions);
+        # sd_over_samples: of the recalibrated samples; probability_raw: before the map
+        writer.writerow(["patient_id", "fold", "probability", "sd_over_samples",
+                         "probability_raw"])
+        for k, samples in enumerate(scores.per_fold):
+            for pid, p, s, raw in zip(scores.patients, scores.fold_probability[k], samples,
+                                      scores.fold_probability_raw[k], strict=True):
+                writer.writerow([pid, k, f"{p:.6f}", f"{s.std():.6f}", f"{raw:.6f}"])
     excluded = [o for o in outcomes.values() if o.status != OK]
     with atomic_path(out / "exclusions.tsv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")

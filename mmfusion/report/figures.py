@@ -153,3 +153,50 @@ def plot_auc_by_fold(metrics: pd.DataFrame, oracle: pd.DataFrame | None, order: 
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set(ylim=(0, 1.02), ylabel="test AUC", title="Test AUC per fold (points) and mean (bars)")
     _save(fig, path)
+
+
+LABEL_COLOURS = {0: ("#1f77b4", "N0"), 1: ("#d62728", "N+")}
+
+
+def plot_trajectory_fold(table: pd.DataFrame, db_rows: list[dict], path: Path) -> None:
+    """Paper Fig. 3, one fold: t-SNE of the test patients' representations at each step
+    t = T..0 (`mmfusion.report.trajectory.analyse`: `table` per patient and step, `db_rows`
+    per step), coloured by label, one panel per step."""
+    steps = [int(r["step"]) for r in db_rows]
+    fig, axes = _grid(max(1, len(steps)), width=2.8, height=2.7)
+    for ax, row in zip(axes, db_rows, strict=False):
+        g = table[table["step"] == row["step"]]
+        if g["tsne_1"].isna().all():
+            ax.text(0.5, 0.5, f"{len(g)} patients:\ntoo few for t-SNE", ha="center",
+                    va="center", fontsize=8, transform=ax.transAxes)
+        for label, (colour, name) in LABEL_COLOURS.items():
+            h = g[g["label"] == label]
+            ax.scatter(h["tsne_1"], h["tsne_2"], s=14, color=colour, label=name, alpha=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"t = {int(row['step'])}, DB {row['davies_bouldin']:.2f}", fontsize=9)
+    if len(db_rows):
+        axes[0].legend(fontsize=7, loc="best")
+        r = db_rows[0]
+        fig.suptitle(f"{r['variant']} fold {r['fold']}: t-SNE of the mean reverse-process "
+                     f"y_t of {r['n_patients']} test patients ({r['n_positive']} N+)\n"
+                     "DB: Davies-Bouldin of the two classes on y_t itself (not the t-SNE)",
+                     fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_davies_bouldin(db: pd.DataFrame, path: Path) -> None:
+    """Davies–Bouldin score of the two classes (on the representation) against step t,
+    one line per fold, the reverse process running left to right (T -> 0)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for fold, g in db.groupby("fold"):
+        g = g.sort_values("step", ascending=False)
+        ax.plot(g["step"], g["davies_bouldin"], marker="o", lw=1.4, label=f"fold {fold}")
+    if len(db):
+        ax.set_xlim(db["step"].max() + 0.5, db["step"].min() - 0.5)
+        ax.legend(fontsize=8)
+    variant = str(db["variant"].iloc[0]) if len(db) else ""
+    ax.set(xlabel="reverse-process step t", ylabel="Davies-Bouldin (lower: separated)",
+           title=f"{variant}: class separation along the reverse process")
+    _save(fig, path)

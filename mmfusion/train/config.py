@@ -42,10 +42,16 @@ class TrainConfig:
     amp: str  # off | bf16 | fp16: autocast of the forward pass on CUDA
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     progress: bool  # tqdm bars (false in workflow logs)
+    # platt | temperature | none: the map fitted on validation after training, the same for
+    # every variant and baseline (mmfusion.train.recalibration)
+    recalibration: str
 
     def __post_init__(self) -> None:
         if self.amp is False:  # YAML 1.1 reads a bare `off` as false
             object.__setattr__(self, "amp", "off")
+        from mmfusion.train.recalibration import check_method
+
+        check_method(self.recalibration)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainConfig:

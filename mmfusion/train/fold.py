@@ -22,12 +22,15 @@ from mmfusion.model.baselines import fit_predict_baseline
 from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
 from mmfusion.train.features import open_feature_cache
 from mmfusion.train.metrics import binary_metrics, json_safe, youden_threshold
+from mmfusion.train.recalibration import Recalibrator, fit_recalibrator
 
 SPLITS = ("train", "val", "test")
 
 
 PREPROCESSOR_FILE = "preprocessor.json"  # the fitted FoldPreprocessor (to_dict), per fold
-SCORING_FILE = "scoring.json"  # threshold, temperature, model settings: what scoring needs
+SCORING_FILE = "scoring.json"  # threshold, recalibration, settings: what scoring needs
+PREDICTION_COLUMNS = ["patient_id", "fold", "variant", "probability", "uncertainty", "label",
+                      "probability_raw"]
 BASELINE_FILE = "baseline.npz"  # a baseline's fitted parameters (np.savez, no pickle)
 SCORING_FORMAT = "mmfusion.fold_scoring"
 
@@ -47,7 +50,7 @@ def write_preprocessor(pre: FoldPreprocessor, out_dir: str | Path) -> None:
 
 def write_scoring(out_dir: str | Path, scoring: Mapping[str, Any]) -> None:
     """`scoring.json`: what scoring a new patient with this fold's model needs besides
-    the weights and the preprocessor (threshold, temperature, settings)."""
+    the weights and the preprocessor (threshold, temperature, recalibration, settings)."""
     record = {"format": SCORING_FORMAT, "version": 1, **scoring}
     write_text_atomic(Path(out_dir) / SCORING_FILE,
                       json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n")
@@ -103,46 +106,74 @@ def load_fold(table_tsv: str | Path, spec_json: str | Path, folds_tsv: str | Pat
     return splits
 
 
-def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
-                      folds_tsv: str | Path, fold: int, preprocess: Mapping[str, Any] | None,
-                      out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Fit baseline `name` on train; threshold on val; score test once. Writes the
-    same `predictions.csv` / `metrics.json` as the deep variants."""
-    import pandas as pd
+def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarray,
+                      fold: int, variant: str, probability: np.ndarray,
+                      uncertainty: np.ndarray, probability_raw: np.ndarray) -> None:
+    """`predictions.csv` / `val_predictions.csv` of a fold (PREDICTION_COLUMNS):
+    `probability` recalibrated (the one scored), `probability_raw` the model's own."""
+    import csv
 
     from mmfusion.io import atomic_path
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for row in zip(patient_ids, probability, uncertainty, labels, probability_raw,
+                       strict=True):
+            pid, p, u, y, raw = row
+            writer.writerow([pid, fold, variant, f"{p:.6f}", f"{u:.6f}", int(y),
+                             f"{raw:.6f}"])
+
+
+def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,
+                      folds_tsv: str | Path, fold: int, preprocess: Mapping[str, Any] | None,
+                      out_dir: str | Path, seed: int = 0,
+                      recalibration: str | None = None) -> dict[str, Any]:
+    """Fit baseline `name` on train; recalibration (`train.recalibration`, None = the
+    schema default) and threshold on val; score test once. Writes the same
+    `predictions.csv` / `metrics.json` / `scoring.json` as the deep variants."""
+    from mmfusion.settings import section_defaults
 
     pre, ids, tables, labels = _fold_preprocessing(table_tsv, spec_json, folds_tsv, fold,
                                                    preprocess)
     fitted: list[Any] = []
-    probs = fit_predict_baseline(name, tables["train"], labels["train"],
-                                 {"val": tables["val"], "test": tables["test"]}, seed,
-                                 fitted=fitted)
+    raw = fit_predict_baseline(name, tables["train"], labels["train"],
+                               {"val": tables["val"], "test": tables["test"]}, seed,
+                               fitted=fitted)
+    method = recalibration or section_defaults("train")["recalibration"]
+    recal = fit_recalibrator(raw["val"], labels["val"], method)  # validation only
+    probs = {s: recal.apply(raw[s]) for s in ("val", "test")}
     threshold = youden_threshold(labels["val"], probs["val"])
     out = Path(out_dir)
-    _export_baseline(fitted[0], name, fold, seed, threshold, pre, tables, probs, out)
+    _export_baseline(fitted[0], name, fold, seed, threshold, recal, pre, tables, raw, out)
     for split, fname in (("val", "val_predictions.csv"), ("test", "predictions.csv")):
-        frame = pd.DataFrame({"patient_id": ids[split], "fold": fold, "variant": name,
-                              "probability": np.round(probs[split], 6), "uncertainty": 0.0,
-                              "label": labels[split]})
-        with atomic_path(out / fname) as tmp:
-            frame.to_csv(tmp, index=False)
+        write_predictions(out / fname, ids[split], labels[split], fold, name, probs[split],
+                          np.zeros(len(ids[split])), raw[split])
     metrics = {"variant": name, "fold": fold, "threshold": threshold,
+               "recalibration": recal.to_dict(),
                "test": binary_metrics(labels["test"], probs["test"], threshold),
                "val": binary_metrics(labels["val"], probs["val"], threshold),
+               "test_brier_raw": _brier(raw["test"], labels["test"]),
                "n_train": len(ids["train"]), "settings": {"preprocess": dict(preprocess or {}),
-                                                          "seed": seed}}
+                                                          "seed": seed,
+                                                          "recalibration": method}}
     write_text_atomic(out / "metrics.json",
                       json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
     return metrics
 
 
+def _brier(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, float) - y) ** 2)) if len(y) else float("nan")
+
+
 def _export_baseline(model: Any, name: str, fold: int, seed: int, threshold: float,
-                     pre: FoldPreprocessor, tables: Mapping[str, Mapping[str, np.ndarray]],
-                     probs: Mapping[str, np.ndarray], out: Path) -> None:
-    """The fitted baseline as arrays (`baseline.npz`), its preprocessor and scoring record;
-    the arrays are scored once on val and test to record how exactly they reproduce the
-    fitted model (`export_max_abs_diff`, 0.0 expected)."""
+                     recal: Recalibrator, pre: FoldPreprocessor,
+                     tables: Mapping[str, Mapping[str, np.ndarray]],
+                     raw: Mapping[str, np.ndarray], out: Path) -> None:
+    """The fitted baseline as arrays (`baseline.npz`), its preprocessor and scoring record
+    (threshold and recalibration); the arrays are scored once on val and test to record
+    how exactly they reproduce the fitted model's raw probabilities
+    (`export_max_abs_diff`, 0.0 expected)."""
     import sklearn
 
     from mmfusion.io import atomic_path
@@ -152,9 +183,10 @@ def _export_baseline(model: Any, name: str, fold: int, seed: int, threshold: flo
     with atomic_path(out / BASELINE_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **params)
     diff = max(float(np.max(np.abs(probabilities_from_parameters(params, tables[s])
-                                    - probs[s]), initial=0.0)) for s in ("val", "test"))
+                                    - raw[s]), initial=0.0)) for s in ("val", "test"))
     write_preprocessor(pre, out)
     write_scoring(out, {"variant": name, "fold": fold, "kind": "baseline",
-                        "threshold": threshold, "temperature": None, "seed": seed,
+                        "threshold": threshold, "temperature": None,
+                        "recalibration": recal.to_dict(), "seed": seed,
                         "parameters": BASELINE_FILE, "export_max_abs_diff": diff,
                         "sklearn": sklearn.__version__})

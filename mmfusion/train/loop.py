@@ -2,7 +2,11 @@
 
 Adam (lr 1e-4, weight decay 5e-4), cosine annealing with warm restart (T_0 = restart
 epoch 80, min lr 1e-5), batch 12; for `mmfusion` the first `warmup_epochs` train the guide
-(BCE + MMRL alignment) and then the diffusion joins (loss eq. 7). After every epoch the
+(BCE + MMRL alignment) and then the diffusion joins (loss eq. 7). One Adam steps every
+trainable parameter on eq. 7 (the noise network included); a second one (`diff_opt`,
+when `train.diffusion_updates` > 0) steps the noise network alone on eq. 6 with detached
+conditioning. Whether eq. 6 also trains the feature extractor, and on which features, is
+`model.diffusion_conditioning` (`mmfusion.model.mmfusion`). After every epoch the
 validation split is scored and a resumable checkpoint (named keys, version) is written.
 The checkpoint with the best validation AUC (ties: lower Brier) and a threshold (Youden's
 J on validation) are chosen on validation only; the test split is scored once, at the end,

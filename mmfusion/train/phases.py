@@ -7,8 +7,13 @@ scored once, outputs written). The run's state travels between them in a `RunSta
 
 Mixed precision (`train.amp`, `mmfusion.train.device.Precision`) autocasts the backbones
 of every forward pass, in training and evaluation; with fp16 the optimiser step goes
-through a `GradScaler`. The per-step loss sums are read back from the device once per
-epoch (not after every step), so on a GPU the next batch is read while the step runs.
+through a `GradScaler`. In the joint phase the diffusion loss (eq. 6) is conditioned as
+`model.diffusion_conditioning` says (`_diffusion_condition`; gradients per setting in
+`mmfusion.model.mmfusion`): `train` on the training pass's own features, `card` on a
+second, eval-mode and gradient-free pass of the guide (the backbones under the same
+autocast); the modules are back in training mode after it. The per-step loss sums are
+read back from the device once per epoch (not after every step), so on a GPU the next
+batch is read while the step runs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 
 from mmfusion.io import atomic_path, write_text_atomic
-from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
+from mmfusion.model.mmfusion import DiffusionCondition, MMFusionModel, ModelConfig, ModelOutput
 from mmfusion.train.augment import augment
 from mmfusion.train.averaging import WeightAverage
 from mmfusion.train.config import TrainConfig
@@ -111,16 +116,6 @@ def predict_split(model: MMFusionModel, split: SplitData, batch_size: int,
     return np.concatenate(probs), np.concatenate(uncs)
 
 
-def _write_predictions(path: Path, split: SplitData, probs: np.ndarray, uncs: np.ndarray,
-                       fold: int, variant: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["patient_id", "fold", "variant", "probability", "uncertainty",
-                         "label"])
-        for pid, p, u, y in zip(split.patient_ids, probs, uncs, split.labels, strict=True):
-            writer.writerow([pid, fold, variant, f"{p:.6f}", f"{u:.6f}", int(y)])
-
-
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -140,12 +135,27 @@ def _is_better(score: tuple[float, float], best: tuple[float, float] | None) -> 
     return auc > best_auc or (auc == best_auc and brier < best_brier)
 
 
+def _diffusion_condition(run: RunState, batch: Mapping[str, torch.Tensor],
+                         outputs: ModelOutput, phase: str) -> DiffusionCondition | None:
+    """What conditions eq. 6 in this step; None when the step has no diffusion term.
+    `train`: the training pass's features (with gradient) and detached ŷ; `card`: an
+    eval-mode guide pass without gradient (`MMFusionModel.card_condition`), its backbones
+    under the run's autocast like every forward pass."""
+    if not run.uses_diffusion or phase != "joint":
+        return None
+    model = run.model
+    if run.model_cfg.diffusion_conditioning == "card":
+        with torch.no_grad(), model.guide_eval():
+            return model.card_condition(run.precision.image_maps(model, batch))
+    return model.train_condition(outputs)
+
+
 def _extra_diffusion_updates(model: MMFusionModel, batch: Mapping[str, torch.Tensor],
-                             outputs: Any, optimizer: torch.optim.Optimizer, n: int) -> None:
-    """`n` noise-network steps of eq. 6 on this batch's detached features and ŷ."""
+                             condition: DiffusionCondition, optimizer: torch.optim.Optimizer,
+                             n: int) -> None:
+    """`n` noise-network steps of eq. 6 on this batch's detached conditioning."""
     y0 = torch.nn.functional.one_hot(batch["label"].long(), 2).float()
-    features = outputs.features.detach()
-    y_hat = model.guide_probabilities(outputs.logit.detach())
+    features, y_hat = condition.features.detach(), condition.y_hat.detach()
     for _ in range(n):
         loss = model.cfd.loss(y0, features, y_hat)
         optimizer.zero_grad(set_to_none=True)
@@ -199,10 +209,11 @@ def train_epoch(run: RunState, train: SplitData, epoch: int) -> EpochStats:
                 batch[kind] = augment(batch[kind], cfg.augment, run.gen)
         stats.t_aug += time.perf_counter() - t1
         outputs = model(run.precision.image_maps(model, batch))
-        terms = model.loss(batch, outputs, stats.phase)
+        condition = _diffusion_condition(run, batch, outputs, stats.phase)
+        terms = model.loss(batch, outputs, stats.phase, condition)
         _optimiser_step(run, terms["total"])
-        if run.diff_opt is not None and stats.phase == "joint":
-            _extra_diffusion_updates(model, batch, outputs, run.diff_opt,
+        if run.diff_opt is not None and condition is not None:
+            _extra_diffusion_updates(model, batch, condition, run.diff_opt,
                                      cfg.diffusion_updates)
         if run.ema is not None:
             run.ema.update(model)
@@ -265,8 +276,12 @@ def record_epoch(run: RunState, epoch: int, stats: EpochStats, val_auc: float,
 
 def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]:
     """Load the chosen checkpoint (fit the temperature on validation for the `difference`
-    probability), pick the threshold on validation, score test once; write the
-    predictions and `metrics.json`. Returns the metrics."""
+    probability), fit the recalibration (`train.recalibration`) and pick the threshold on
+    validation, score test once; write the predictions (recalibrated and raw) and
+    `metrics.json`. Returns the metrics."""
+    from mmfusion.train.fold import write_predictions, write_scoring
+    from mmfusion.train.recalibration import fit_recalibrator
+
     cfg, model, out, device = run.cfg, run.model, run.out, run.device
     variant, val, test = run.model_cfg.variant, splits["val"], splits["test"]
     chosen = torch.load(out / "model.pt", map_location=device, weights_only=True)
@@ -281,18 +296,26 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
         temperature = model.cfd.fit_temperature(samples, torch.from_numpy(val.labels))
         chosen["model"] = model.state_dict()
         _save(chosen, out / "model.pt")
-    val_p, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed,
-                                 run.precision)
-    threshold = youden_threshold(val.labels, val_p)
-    _write_predictions(out / "val_predictions.csv", val, val_p, val_u, run.fold, variant)
-    test_p, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed,
+    val_raw, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed,
                                    run.precision)
-    _write_predictions(out / "predictions.csv", test, test_p, test_u, run.fold, variant)
+    recal = fit_recalibrator(val_raw, val.labels, cfg.recalibration)  # validation only
+    val_p = recal.apply(val_raw)
+    threshold = youden_threshold(val.labels, val_p)
+    write_predictions(out / "val_predictions.csv", val.patient_ids, val.labels, run.fold,
+                      variant, val_p, val_u, val_raw)
+    test_raw, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed,
+                                     run.precision)
+    test_p = recal.apply(test_raw)
+    write_predictions(out / "predictions.csv", test.patient_ids, test.labels, run.fold,
+                      variant, test_p, test_u, test_raw)
     metrics = {
         "variant": variant, "fold": run.fold, "best_epoch": run.best_epoch,
         "threshold": threshold, "temperature": temperature,
+        "recalibration": recal.to_dict(),
         "test": binary_metrics(test.labels, test_p, threshold),
         "val": binary_metrics(val.labels, val_p, threshold),
+        "test_brier_raw": (float(np.mean((test_raw - test.labels) ** 2)) if len(test)
+                           else math.nan),
         "n_train": len(splits["train"]), "device": str(device),
         "mean_epoch_seconds": float(np.mean([r["epoch_seconds"] for r in run.log])),
         "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in run.log])),
@@ -300,10 +323,9 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
     }
     write_text_atomic(out / "metrics.json",
                       json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
-    from mmfusion.train.fold import write_scoring
-
     write_scoring(out, {"variant": variant, "fold": run.fold, "kind": "deep",
                         "threshold": threshold, "temperature": temperature,
+                        "recalibration": recal.to_dict(),
                         "best_epoch": run.best_epoch, "weights": "model.pt",
                         "seed": cfg.seed, "batch_size": cfg.batch_size,
                         "model": run.settings["model"],

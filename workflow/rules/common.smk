@@ -26,6 +26,7 @@ shell.prefix(
 from mmfusion.dicom.rois import compile_roi_regex
 from mmfusion.settings import write_resolved_config
 from mmfusion.workflow_resources import RuleResources
+from mmfusion.workflow_batches import install_group_components_fix
 from mmfusion.workflow_inputs import (
     BASELINE_PATTERN,
     DEEP_VARIANT_PATTERN,
@@ -69,6 +70,10 @@ HEMATOLOGY_OPTION = option("--hematology", HEMATOLOGY)
 
 # ---- resources (mem_mb, runtime, gpu) of every rule, scaled from the config
 RES = RuleResources.from_config(config)
+
+# Cluster batch jobs of the per-patient stages (`group:` + a profile's group-components):
+# Snakemake 9 re-merges its batches at every regrouping; mmfusion/workflow_batches.py fixes it.
+install_group_components_fix()
 
 # ---- train inputs
 DEEP_VARIANTS, BASELINE_VARIANTS = split_variants(config["model"]["variants"])

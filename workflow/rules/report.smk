@@ -5,7 +5,9 @@
 # page (workflow/report/workflow.rst, the Snakefile's `report:`) includes front_page.rst.
 # table3.csv (paper Table 3 shape) is an output only when model.variants lists a Table 3
 # ablation (mmfusion.model.variants.TABLE3): the demo gains no empty table.
-from mmfusion.model.variants import TABLE3
+# Paper Fig. 3 (rule plot_trajectories, `mmfusion report-trajectory`) is made only when
+# model.variants lists a diffusion variant (mmfusion or a Table 3 ablation).
+from mmfusion.model.variants import TABLE3, VARIANTS
 
 REPORT_DIR = f"{RESULTS}/report"
 TABLE3_OUTPUT = (
@@ -130,3 +132,70 @@ rule build_report:
 
 
 FINAL_TARGETS.append(rules.build_report.output.summary)
+
+
+# Paper Fig. 3: the diffusion's reverse trajectory of every fold's test patients (t-SNE
+# of the mean-over-samples y_t at steps T..0, Davies-Bouldin per step), for each diffusion
+# variant in model.variants (mmfusion and its Table 3 ablations); none when there is none.
+# The fold models (model.pt, scoring.json, preprocessor.json) lie beside metrics.json.
+DIFFUSION_VARIANTS = [v for v in DEEP_VARIANTS if VARIANTS[v][2]]
+
+if DIFFUSION_VARIANTS:
+
+    rule plot_trajectories:
+        input:
+            metrics=expand(
+                f"{RESULTS}/models/{{variant}}/fold{{fold}}/metrics.json",
+                variant=DIFFUSION_VARIANTS,
+                fold=FOLDS,
+            ),
+            table=rules.build_cohort.output.table,
+            spec=rules.build_cohort.output.spec,
+            folds=rules.make_folds.output.folds,
+            cache=rules.cache_patches.output.cache,
+        output:
+            table=report(
+                f"{REPORT_DIR}/fig3_davies_bouldin.csv",
+                caption="../report/fig3_davies_bouldin_table.rst",
+                category="Figures",
+            ),
+            folds=report(
+                expand(
+                    f"{REPORT_DIR}/fig3/{{variant}}_fold{{fold}}.png",
+                    variant=DIFFUSION_VARIANTS,
+                    fold=FOLDS,
+                ),
+                caption="../report/fig3_tsne.rst",
+                category="Figures",
+            ),
+            davies_bouldin=report(
+                expand(
+                    f"{REPORT_DIR}/fig3/{{variant}}_davies_bouldin.png",
+                    variant=DIFFUSION_VARIANTS,
+                ),
+                caption="../report/fig3_davies_bouldin.rst",
+                category="Figures",
+            ),
+            representations=f"{REPORT_DIR}/fig3/representations.csv",
+            info=f"{REPORT_DIR}/fig3/info.json",
+        params:
+            variants=" ".join(DIFFUSION_VARIANTS),
+        threads: 1
+        log:
+            f"{RESULTS}/logs/plot_trajectories.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/plot_trajectories.tsv"
+        resources:
+            mem_mb=RES.mem("plot_trajectories"),
+            runtime=RES.runtime("plot_trajectories"),
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "python -m mmfusion report-trajectory"
+            " --models-dir \"$(dirname \"$(dirname \"$(dirname {input.metrics[0]:q})\")\")\""
+            " --variants {params.variants} --table {input.table:q} --spec {input.spec:q}"
+            " --folds {input.folds:q} --cache {input.cache:q}"
+            " --out \"$(dirname {output.table:q})\" --device cpu --threads {threads}"
+            " > {log:q} 2>&1"
+
+    FINAL_TARGETS.append(rules.plot_trajectories.output.table)

@@ -1,0 +1,285 @@
+"""CFD reverse trajectories of the test patients (paper Fig. 3): computation and tables.
+
+For every fold model of a diffusion variant (`mmfusion` and its Table 3 ablations), each
+patient of that fold's **test** split runs through the reverse process (eq. 3) with
+`CFD.sample(..., return_trajectory=True)`: S samples per patient (`model.n_samples`),
+drawn from a `torch.Generator` seeded with the fold's training seed (`scoring.json`) and
+reseeded for every batch, so the last step is the very sample that scored the patient
+(`predictions.csv`) and a patient's trajectory does not depend on its batch.
+
+Representation of a patient at step t (paper t = T..0; `T` = `model.timesteps`): the mean
+over its S samples of the denoised label vector y_t `(y_dim,)` = (class N0, class N+)
+component. t = T is the prior draw y_T ~ N(ŷ, I); t = 0 is the final y_0. At each of
+`n_steps` steps (evenly spaced from T to 0, both included) this module computes:
+
+- the Davies–Bouldin score of the two label classes on the representation itself
+  (`davies_bouldin`, lower = better separated), and on its t-SNE embedding
+  (`davies_bouldin_tsne`); NaN when a class is absent from the test split (or fewer
+  patients than classes + 1);
+- a 2-D t-SNE embedding (scikit-learn, fixed `random_state`, perplexity
+  min(30, (n - 1) / 3)); none for fewer than `MIN_TSNE` patients.
+
+`build_fig3` writes `fig3_davies_bouldin.csv` (one row per variant x fold x step),
+`fig3/representations.csv` (per patient and step), `fig3/info.json` (the settings used)
+and the figures (`mmfusion.report.figures.plot_trajectory_fold`, `plot_davies_bouldin`).
+Plotting lives in `figures`; nothing here draws.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmfusion.errors import ConfigError
+from mmfusion.io import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 6  # steps shown: T, ..., 0 evenly spaced
+TSNE_SEED = 0  # t-SNE random_state
+MIN_TSNE = 4  # fewer test patients: no t-SNE (its perplexity needs n > 3 (n - 1) / 3)
+TABLE = "fig3_davies_bouldin.csv"
+FOLDER = "fig3"
+DB_COLUMNS = ["variant", "fold", "step", "davies_bouldin", "davies_bouldin_tsne",
+              "n_patients", "n_positive"]
+REPRESENTATION = ("mean over the patient's reverse-process samples of the denoised label "
+                  "vector y_t (class N0, class N+ components); t = T: the prior draw "
+                  "y_T ~ N(guide prediction, I), t = 0: the final y_0")
+
+
+@dataclass
+class FoldTrajectory:
+    """One fold model's reverse trajectories of its test patients.
+
+    `states` `(T + 1, N, y_dim)`: mean over samples of y_t, rows in step order t = T..0;
+    `probability` `(N,)`: the class-1 probability of the final samples (as scored).
+    """
+
+    variant: str
+    fold: int
+    patient_ids: list[str]
+    labels: np.ndarray
+    states: np.ndarray
+    probability: np.ndarray
+    seed: int
+    n_samples: int
+
+    @property
+    def timesteps(self) -> int:
+        return self.states.shape[0] - 1
+
+    def at(self, step: int) -> np.ndarray:
+        """Representations `(N, y_dim)` at paper step t = `step` (T..0)."""
+        return self.states[self.timesteps - step]
+
+
+def select_steps(timesteps: int, n_steps: int = DEFAULT_STEPS) -> list[int]:
+    """`n_steps` steps evenly spaced from T down to 0 (both included; at most T + 1)."""
+    if n_steps < 2:
+        raise ConfigError(f"need at least 2 trajectory steps (T and 0), got {n_steps}",
+                          fix="pass --steps 2 or more")
+    grid = np.linspace(timesteps, 0, min(n_steps, timesteps + 1))
+    return sorted({int(round(v)) for v in grid}, reverse=True)
+
+
+def davies_bouldin(x: np.ndarray, labels: np.ndarray) -> float:
+    """Davies–Bouldin score of the label classes of the rows of `x` `(N, d)` (lower: better
+    separated); NaN when fewer than 2 classes are present or N <= the number of classes."""
+    from sklearn.metrics import davies_bouldin_score
+
+    n_classes = len(np.unique(labels))
+    if n_classes < 2 or len(labels) <= n_classes:
+        return math.nan
+    return float(davies_bouldin_score(np.asarray(x, dtype=np.float64), labels))
+
+
+def tsne_perplexity(n: int) -> float:
+    """Perplexity for `n` points: min(30, (n - 1) / 3), scikit-learn's needs n > perplexity."""
+    return float(min(30.0, (n - 1) / 3))
+
+
+def tsne_embedding(x: np.ndarray, seed: int = TSNE_SEED) -> np.ndarray | None:
+    """2-D t-SNE of the rows of `x` `(N, d)`; None for fewer than `MIN_TSNE` rows; all
+    zeros when the rows are identical (nothing to embed)."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < MIN_TSNE:
+        return None
+    if np.ptp(x, axis=0).max() == 0:
+        return np.zeros((len(x), 2))
+    return TSNE(n_components=2, perplexity=tsne_perplexity(len(x)), init="pca",
+                learning_rate="auto", random_state=seed).fit_transform(x)
+
+
+def load_fold_model(folder: Path, variant: str, fold: int):  # -> FoldModel
+    """A trained fold as `mmfusion predict` reads it: scoring.json + preprocessor.json."""
+    from mmfusion.predict.bundle import FoldModel, _read_json
+    from mmfusion.train.fold import PREPROCESSOR_FILE, SCORING_FILE
+
+    what = f"{variant} fold {fold}"
+    scoring = _read_json(folder / SCORING_FILE, f"scoring record of {what}")
+    pre = _read_json(folder / PREPROCESSOR_FILE, f"preprocessor of {what}")
+    if scoring.get("variant") != variant or int(scoring.get("fold", -1)) != fold:
+        raise ConfigError(f"scoring.json is for {scoring.get('variant')} fold "
+                          f"{scoring.get('fold')}, not {what}", path=str(folder))
+    if scoring.get("kind") != "deep":
+        raise ConfigError(f"{what} is a {scoring.get('kind')} model; Fig. 3 needs a "
+                          "diffusion variant", path=str(folder),
+                          fix="pass mmfusion or a Table 3 ablation (mmfusion_*)")
+    return FoldModel(fold=fold, folder=folder, scoring=scoring, preprocessor=pre)
+
+
+def load_test_split(fold_model, table_tsv: str | Path, spec_json: str | Path,
+               folds_tsv: str | Path, cache_dir: str | Path):  # -> SplitData
+    """The fold's test patients: tables through the fold's fitted preprocessor
+    (preprocessor.json), patches memory-mapped from the patch cache."""
+    from mmfusion.cohort.folds import read_folds
+    from mmfusion.cohort.merge import read_cohort_table
+    from mmfusion.cohort.preprocess import fold_frames
+    from mmfusion.predict.ensemble import _tables
+    from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
+
+    spec = json.loads(Path(spec_json).read_text())
+    frame = fold_frames(read_cohort_table(table_tsv, spec), read_folds(folds_tsv),
+                        fold_model.fold)["test"]
+    ids = frame["patient_id"].astype(str).tolist()
+    cache_ids, arrays = open_patch_cache(cache_dir)
+    patches = {k: v for k, v in arrays.items() if k != "node_present"}
+    return SplitData(ids, patches, arrays["node_present"], _tables(fold_model, frame),
+                     frame["label"].to_numpy().astype(np.int64), select_rows(cache_ids, ids))
+
+
+@torch.no_grad()
+def reverse_trajectory(model, split, batch_size: int, seed: int,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-over-samples y_t `(T + 1, N, y_dim)` (t = T..0) and the final probability
+    `(N,)` of every patient of `split`; the generator restarts from `seed` per batch."""
+    model.eval()
+    states, probs = [], []
+    for batch in split.batches(batch_size, device):
+        gen = torch.Generator().manual_seed(seed)
+        out = model(batch)
+        trajectory = model.cfd.sample(out.features, model.guide_probabilities(out.logit),
+                                      model.cfg.n_samples, gen, return_trajectory=True)
+        states.append(torch.stack(trajectory).mean(dim=2).float().cpu().numpy())
+        probs.append(model.cfd.sample_probabilities(trajectory[-1]).mean(dim=1)
+                     .float().cpu().numpy())
+    if not states:
+        t = model.cfd.timesteps
+        return np.zeros((t + 1, 0, model.cfd.y_dim)), np.zeros(0)
+    return np.concatenate(states, axis=1), np.concatenate(probs)
+
+
+def fold_trajectory(models_dir: str | Path, variant: str, fold: int, table_tsv: str | Path,
+                    spec_json: str | Path, folds_tsv: str | Path, cache_dir: str | Path,
+                    device: torch.device) -> FoldTrajectory:
+    """Load `models_dir/variant/fold{fold}` (model.pt with `weights_only=True`) and run its
+    test patients' reverse trajectories."""
+    from mmfusion.predict.ensemble import _deep_model
+
+    fold_model = load_fold_model(Path(models_dir) / variant / f"fold{fold}", variant, fold)
+    model = _deep_model(fold_model, device)
+    if not model.use_cfd:
+        raise ConfigError(f"{variant} has no diffusion head (CFD): no reverse trajectory",
+                          fix="pass mmfusion or a Table 3 ablation (mmfusion_*)")
+    split = load_test_split(fold_model, table_tsv, spec_json, folds_tsv, cache_dir)
+    seed = int(fold_model.scoring["seed"])
+    states, prob = reverse_trajectory(model, split, int(fold_model.scoring["batch_size"]),
+                                      seed, device)
+    return FoldTrajectory(variant, fold, split.patient_ids, split.labels, states, prob,
+                          seed, int(model.cfg.n_samples))
+
+
+def analyse(traj: FoldTrajectory, steps: Sequence[int], tsne_seed: int = TSNE_SEED
+            ) -> tuple[list[dict], pd.DataFrame]:
+    """Per step: the Davies–Bouldin row; and the per-patient table (representation, t-SNE
+    coordinates, NaN where no t-SNE)."""
+    rows, parts = [], []
+    n_pos = int((traj.labels == 1).sum())
+    for step in steps:
+        x = traj.at(step)
+        emb = tsne_embedding(x, tsne_seed)
+        rows.append({"variant": traj.variant, "fold": traj.fold, "step": step,
+                     "davies_bouldin": davies_bouldin(x, traj.labels),
+                     "davies_bouldin_tsne": (math.nan if emb is None
+                                             else davies_bouldin(emb, traj.labels)),
+                     "n_patients": len(traj.labels), "n_positive": n_pos})
+        emb = np.full((len(x), 2), np.nan) if emb is None else emb
+        part = pd.DataFrame({"variant": traj.variant, "fold": traj.fold, "step": step,
+                             "patient_id": traj.patient_ids, "label": traj.labels})
+        for j in range(x.shape[1]):
+            part[f"y_t_{j}"] = x[:, j]
+        part["tsne_1"], part["tsne_2"] = emb[:, 0], emb[:, 1]
+        parts.append(part)
+    return rows, pd.concat(parts, ignore_index=True)
+
+
+def fold_figure(out_dir: str | Path, variant: str, fold: int) -> Path:
+    return Path(out_dir) / FOLDER / f"{variant}_fold{fold}.png"
+
+
+def db_figure(out_dir: str | Path, variant: str) -> Path:
+    return Path(out_dir) / FOLDER / f"{variant}_davies_bouldin.png"
+
+
+def build_fig3(models_dir: str | Path, variants: Sequence[str], table_tsv: str | Path,
+               spec_json: str | Path, folds_tsv: str | Path, cache_dir: str | Path,
+               out_dir: str | Path, n_steps: int = DEFAULT_STEPS, device: str | None = None,
+               tsne_seed: int = TSNE_SEED) -> pd.DataFrame:
+    """Fig. 3 of every variant and every fold of `folds_tsv` into `out_dir` (results/report):
+    `fig3_davies_bouldin.csv`, `fig3/{variant}_fold{k}.png`,
+    `fig3/{variant}_davies_bouldin.png`, `fig3/representations.csv`, `fig3/info.json`.
+    `device`: cpu | cuda | auto (None: `train.device`'s default). Returns the
+    Davies–Bouldin table."""
+    from mmfusion.cohort.folds import read_folds
+    from mmfusion.report import figures
+    from mmfusion.settings import section_defaults
+    from mmfusion.train.device import resolve_device
+
+    out = Path(out_dir)
+    dev = resolve_device(device or section_defaults("train")["device"])
+    folds = sorted(int(k) for k in read_folds(folds_tsv)["fold"].unique())
+    rows: list[dict] = []
+    import sklearn
+
+    parts, info = [], {"representation": REPRESENTATION, "tsne_random_state": tsne_seed,
+                       "tsne_min_patients": MIN_TSNE, "scikit_learn": sklearn.__version__,
+                       "device": str(dev), "folds": []}
+    for variant in variants:
+        for fold in folds:
+            traj = fold_trajectory(models_dir, variant, fold, table_tsv, spec_json,
+                                   folds_tsv, cache_dir, dev)
+            steps = select_steps(traj.timesteps, n_steps)
+            fold_rows, table = analyse(traj, steps, tsne_seed)
+            rows += fold_rows
+            parts.append(table)
+            figures.plot_trajectory_fold(table, fold_rows, fold_figure(out, variant, fold))
+            info["folds"].append({"variant": variant, "fold": fold, "steps": steps,
+                                  "timesteps": traj.timesteps, "n_samples": traj.n_samples,
+                                  "sampling_seed": traj.seed,
+                                  "n_patients": len(traj.labels),
+                                  "tsne_perplexity": (tsne_perplexity(len(traj.labels))
+                                                      if len(traj.labels) >= MIN_TSNE
+                                                      else None)})
+            log.info("%s fold %d: %d test patients, Davies-Bouldin %s", variant, fold,
+                     len(traj.labels), ", ".join(f"t={r['step']}: {r['davies_bouldin']:.3f}"
+                                                 for r in fold_rows))
+        db = pd.DataFrame([r for r in rows if r["variant"] == variant], columns=DB_COLUMNS)
+        figures.plot_davies_bouldin(db, db_figure(out, variant))
+    result = pd.DataFrame(rows, columns=DB_COLUMNS)
+    with atomic_path(out / TABLE) as tmp:
+        result.to_csv(tmp, index=False, float_format="%.6f", na_rep="NaN")
+    with atomic_path(out / FOLDER / "representations.csv") as tmp:
+        pd.concat(parts, ignore_index=True).to_csv(tmp, index=False, float_format="%.6f",
+                                                   na_rep="NaN")
+    write_text_atomic(out / FOLDER / "info.json", json.dumps(info, indent=1) + "\n")
+    return result
