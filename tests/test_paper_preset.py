@@ -41,6 +41,7 @@ def test_preset_validates_and_is_the_published_recipe() -> None:
     # reference patch sizes at 1 mm, three folds
     assert crop["spacing"] == [1.0, 1.0, 1.0] and crop["tumour_size"] == [42, 128, 128]
     assert crop["node_sizes"] == [[22, 90, 90], [16, 68, 68], [8, 48, 48]]
+    assert crop["apply_mask"] is True  # the paper's masked CT (§2.1)
     assert r["folds"]["n_folds"] == 3
     # the preset declares a real cohort (placeholders the user edits)
     assert r["cohort"]["synthetic"] is False and r["cohort"]["dicom_root"]
@@ -50,7 +51,7 @@ def test_preset_states_only_what_the_schema_would_also_give_or_the_paper_says() 
     """Where the preset sets a key the schema also defaults, the values agree except the
     keys whose paper value differs from our default (listed here, each cited in the file)."""
     differs = {("folds", "val_fraction"), ("model", "variants"), ("results", None),
-               ("model", "diffusion_conditioning"),
+               ("model", "diffusion_conditioning"), ("crop", "apply_mask"),
                ("cohort", "dicom_root"), ("cohort", "clinical"), ("cohort", "hematology")}
     p = preset()
     for section, values in p.items():

@@ -160,3 +160,59 @@ def test_workflow_through_slurm_equals_the_local_run(tmp_path: Path) -> None:
     assert len(jobs) >= 20 and all(j["state"] == "COMPLETED" for j in jobs)
     assert summary["folds_compared"] == 9 and summary["differences"] == []
     assert json.loads((tmp_path / "slurm_demo.json").read_text())["ok"] is True
+
+
+# ---- what the profile asks SLURM for (dry run: no cluster needed) ------------------------
+
+def _dry_run_resources(tmp_path: Path, *profile: str) -> dict[str, str]:
+    """`snakemake -n` for one deep and one baseline fold of the shipped config (results in
+    tmp): rule name -> its printed resources line."""
+    import subprocess
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    bindir = Path(sys.executable).parent
+    res = subprocess.run(
+        [str(bindir / "snakemake"), "-n",
+         str(tmp_path / "results/models/mmfusion/fold0/metrics.json"),
+         str(tmp_path / "results/models/logreg/fold0/metrics.json"),
+         *profile, "--configfile", str(cfg)],
+        cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rules, current = {}, None
+    for line in res.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and current:
+            rules[current] = line
+    return rules
+
+
+def _resource(line: str, name: str) -> str | None:
+    for item in line.split("resources:", 1)[1].split(","):
+        key, _, value = item.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def test_slurm_profile_requests_a_gpu_for_deep_training_only(tmp_path: Path) -> None:
+    rules = _dry_run_resources(tmp_path, "--profile", "workflow/profiles/slurm")
+    assert _resource(rules["train_fold"], "gpu") == "1"
+    assert int(_resource(rules["train_fold"], "runtime")) > 0
+    assert _resource(rules["train_baseline"], "gpu") is None
+    assert _resource(rules["train_baseline"], "slurm_partition") == "debug"
+    for rule in ("synth_cohort", "build_cohort", "make_folds", "cache_patches"):
+        assert _resource(rules[rule], "gpu") is None, rule
+        assert int(_resource(rules[rule], "runtime")) > 0 and _resource(rules[rule], "mem_mb")
+
+
+def test_cpu_demo_requests_no_gpu(tmp_path: Path) -> None:
+    rules = _dry_run_resources(tmp_path)
+    assert _resource(rules["train_fold"], "gpu") == "0"
+    assert int(_resource(rules["train_fold"], "runtime")) > 0
