@@ -29,7 +29,8 @@ def bundle_readme(info: dict[str, Any], settings: dict[str, Any],
 
 {k} models, one per cross-validation fold of the training run, each trained on that fold's
 training split, with its checkpoint, threshold{' and temperature' if variant == 'mmfusion'
-else ''} chosen on the fold's validation split. Research software: not a medical device,
+else ''} and probability recalibration (`scoring.json`, `recalibration`) chosen on the
+fold's validation split. Research software: not a medical device,
 not validated for clinical use.
 
 ## Use

@@ -195,8 +195,11 @@ def _selection(c: Mapping[str, Any], metrics: pd.DataFrame) -> list[str]:
              "form a validation split. Hyper-parameters are the configuration's, fixed before "
              "the run (no search on any split). The checkpoint is the epoch with the best "
              f"validation AUC (ties: lower Brier) from epoch {t.get('select_from')} on; "
-             "MMFusion's probability temperature is fitted on validation; the classification "
-             "threshold is Youden's J on validation. Each test fold is scored once, by that "
+             "MMFusion's probability temperature is fitted on validation; every variant's "
+             f"probabilities are then recalibrated on validation (`{t.get('recalibration')}`: "
+             "sigmoid(slope * logit(p) + intercept), the same for every variant); the "
+             "classification threshold is Youden's J on validation, on the recalibrated "
+             "probabilities. Each test fold is scored once, by that "
              "fold's chosen model, and nothing is chosen on it.", ""]
     cols = [k for k in ("threshold", "best_epoch", "temperature") if k in metrics]
     if cols:
