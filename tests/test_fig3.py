@@ -26,7 +26,7 @@ from mmfusion.report.trajectory import (
     tsne_embedding,
     tsne_perplexity,
 )
-from tests.train_fixtures import write_tables
+from tests.train_fixtures import write_random_patches, write_tables
 
 N, N_FOLDS, TIMESTEPS = 24, 2, 10
 STEPS = [10, 8, 6, 4, 2, 0]  # the default 6 steps of T = 10
@@ -59,15 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fig3")
     ids, rng = write_tables(root, N, n_train=12)
     _write_folds(root, ids)
-    for pid in ids:
-        d = root / "patients" / pid
-        d.mkdir(parents=True)
-        np.savez_compressed(d / "patches.npz",
-                            tumour=rng.normal(size=(8, 16, 16)).astype(np.float32),
-                            node1=rng.normal(size=(6, 12, 12)).astype(np.float32),
-                            node2=np.zeros((4, 8, 8), np.float32),
-                            node3=np.zeros((4, 8, 8), np.float32),
-                            node_present=np.array([1, 0, 0], np.uint8), meta="{}")
+    write_random_patches(root, ids, rng)
     assert main(["train", "cache", "--table", str(root / "table.tsv"),
                  "--patients-dir", str(root / "patients"), "--out", str(root / "cache")]) == 0
     for fold in range(N_FOLDS):

@@ -23,7 +23,7 @@ from mmfusion.train.recalibration import (
     Recalibrator,
     fit_recalibrator,
 )
-from tests.train_fixtures import write_tables
+from tests.train_fixtures import write_random_patches, write_tables
 
 
 def _draw(n: int, slope: float, intercept: float, seed: int = 0
@@ -149,15 +149,7 @@ N, N_TRAIN, N_VAL = 40, 16, 12  # fold 0: 16 train, 12 val (6 + 6), 12 test
 def _cohort(root: Path, patches: bool = False) -> list[str]:
     ids, rng = write_tables(root, N, N_TRAIN, N_VAL)
     if patches:
-        for pid in ids:
-            folder = root / "patients" / pid
-            folder.mkdir(parents=True)
-            np.savez_compressed(folder / "patches.npz",
-                                tumour=rng.normal(size=(8, 16, 16)).astype(np.float32),
-                                node1=rng.normal(size=(6, 12, 12)).astype(np.float32),
-                                node2=np.zeros((4, 8, 8), np.float32),
-                                node3=np.zeros((4, 8, 8), np.float32),
-                                node_present=np.array([1, 0, 0], np.uint8), meta="{}")
+        write_random_patches(root, ids, rng)
     return ids
 
 

@@ -9,20 +9,12 @@ import pandas as pd
 import torch
 
 from mmfusion.cli import main
-from tests.train_fixtures import write_tables
+from tests.train_fixtures import write_random_patches, write_tables
 
 
 def write_cohort(root, n: int = 18):
     ids, rng = write_tables(root, n, n_train=10)  # 10 train, 4 val, 4 test
-    for pid in ids:
-        d = root / "patients" / pid
-        d.mkdir(parents=True)
-        np.savez_compressed(d / "patches.npz",
-                            tumour=rng.normal(size=(8, 16, 16)).astype(np.float32),
-                            node1=rng.normal(size=(6, 12, 12)).astype(np.float32),
-                            node2=np.zeros((4, 8, 8), np.float32),
-                            node3=np.zeros((4, 8, 8), np.float32),
-                            node_present=np.array([1, 0, 0], np.uint8), meta="{}")
+    write_random_patches(root, ids, rng)
     return ids
 
 

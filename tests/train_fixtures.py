@@ -34,3 +34,16 @@ def write_tables(root: Path, n: int, n_train: int, n_val: int = 4
     pd.DataFrame({"patient_id": ids, "fold": 0, "split": split}).to_csv(
         root / "folds.tsv", sep="\t", index=False)
     return ids, rng
+
+
+def write_random_patches(root: Path, ids: list[str], rng: np.random.Generator) -> None:
+    """`patients/{id}/patches.npz` of tiny random patches (one node present) per patient."""
+    for pid in ids:
+        folder = root / "patients" / pid
+        folder.mkdir(parents=True)
+        np.savez_compressed(folder / "patches.npz",
+                            tumour=rng.normal(size=(8, 16, 16)).astype(np.float32),
+                            node1=rng.normal(size=(6, 12, 12)).astype(np.float32),
+                            node2=np.zeros((4, 8, 8), np.float32),
+                            node3=np.zeros((4, 8, 8), np.float32),
+                            node_present=np.array([1, 0, 0], np.uint8), meta="{}")
