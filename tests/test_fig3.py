@@ -1,6 +1,6 @@
 """Paper Fig. 3: the CFD reverse trajectory of each fold's test patients, t-SNE per step and
 the Davies–Bouldin score per step (mmfusion/report/trajectory.py, `mmfusion
-report-trajectory`), on two tiny trained mmfusion folds."""
+trajectory`), on two tiny trained mmfusion folds."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cli(root: Path, out: Path, *extra: str) -> int:
     variants = [] if "--variants" in extra else ["--variants", "mmfusion"]
-    return main(["report-trajectory", "--models-dir", str(root / "models"), *variants,
+    return main(["trajectory", "--models-dir", str(root / "models"), *variants,
                  "--table", str(root / "table.tsv"), "--spec", str(root / "spec.json"),
                  "--folds", str(root / "folds.tsv"), "--cache", str(root / "cache"),
                  "--out", str(out), "--threads", "1", "--device", "cpu", *extra])

@@ -124,7 +124,8 @@ def contents(name: str, data: bytes, depth: int = 0) -> Iterator[tuple[str, byte
         yield name + " (unescaped)", unescaped
     if depth > 5:
         return
-    if data[:2] == b"\x1f\x8b":
+    if data[:3] == b"\x1f\x8b\x08":  # gzip (deflate); raw bytes such as a tensor's may
+        # start with 1f 8b by chance: those are scanned as they are (above)
         yield from contents(name + "!gunzip", gzip.decompress(data), depth + 1)
     if data[:4] == b"PK\x03\x04":
         with zipfile.ZipFile(io.BytesIO(data)) as zf:

@@ -1,5 +1,5 @@
 """`mmfusion report`: cross-fold comparison of every variant (tables, tests, figures, model
-card); `mmfusion report-trajectory`: paper Fig. 3, the diffusion's reverse trajectory."""
+card). Paper Fig. 3 is `mmfusion trajectory` (mmfusion/commands/trajectory.py)."""
 
 from __future__ import annotations
 
@@ -35,37 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cohort.add_argument("--spec", default=None, help="results/cohort/feature_spec.json")
     cohort.add_argument("--exclusions", default=None, help="results/qc/exclusions.tsv")
     p.set_defaults(func=run)
-    _register_trajectory(subparsers)
-
-
-def _register_trajectory(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "report-trajectory", help="paper Fig. 3: t-SNE of the diffusion's reverse "
-                                  "trajectory per fold, Davies-Bouldin per step",
-        description="For each fold model of each diffusion variant (models/{variant}/"
-                    "fold{k}: model.pt, scoring.json, preprocessor.json) runs the CFD "
-                    "reverse process of the fold's test patients (seeded) and writes "
-                    "fig3_davies_bouldin.csv (one row per variant x fold x step), "
-                    "fig3/{variant}_fold{k}.png (t-SNE per step), "
-                    "fig3/{variant}_davies_bouldin.png, fig3/representations.csv and "
-                    "fig3/info.json.")
-    p.add_argument("--models-dir", required=True, help="results/models")
-    p.add_argument("--variants", nargs="+", required=True,
-                   help="diffusion variants: mmfusion and/or Table 3 ablations (mmfusion_*)")
-    p.add_argument("--table", required=True, help="results/cohort/table.tsv")
-    p.add_argument("--spec", required=True, help="results/cohort/feature_spec.json")
-    p.add_argument("--folds", required=True, help="results/cohort/folds.tsv (every fold in it)")
-    p.add_argument("--cache", required=True, help="patch cache folder (`train cache`)")
-    p.add_argument("--out", required=True, help="output folder (results/report)")
-    p.add_argument("--steps", type=int, default=6,
-                   help="steps t shown, evenly spaced from T to 0, both included; T + 1 or "
-                   "more: every step (default 6)")
-    p.add_argument("--device", default=None,
-                   help="cpu | cuda | auto (default: train.device's default; the workflow "
-                   "passes cpu)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0 = torch's default: all cores)")
-    p.set_defaults(func=run_trajectory)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,19 +48,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = build_report(args.metrics, args.predictions, args.out, **options)
     print(summary)
-    return 0
-
-
-def run_trajectory(args: argparse.Namespace) -> int:
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from mmfusion.report.trajectory import TABLE, build_fig3
-
-    db = build_fig3(args.models_dir, args.variants, args.table, args.spec, args.folds,
-                    args.cache, args.out, n_steps=args.steps, device=args.device)
-    print(f"report-trajectory: {len(db)} rows ({db['variant'].nunique()} variant(s), "
-          f"{db['fold'].nunique()} fold(s), {db['step'].nunique()} steps) -> "
-          f"{args.out}/{TABLE}")
     return 0

@@ -5,7 +5,7 @@
 # page (workflow/report/workflow.rst, the Snakefile's `report:`) includes front_page.rst.
 # table3.csv (paper Table 3 shape) is an output only when model.variants lists a Table 3
 # ablation (mmfusion.model.variants.TABLE3): the demo gains no empty table.
-# Paper Fig. 3 (rule plot_trajectories, `mmfusion report-trajectory`) is made only when
+# Paper Fig. 3 (rule plot_trajectories, `mmfusion trajectory`) is made only when
 # model.variants lists a diffusion variant (mmfusion or a Table 3 ablation).
 from mmfusion.model.variants import TABLE3, VARIANTS
 
@@ -191,7 +191,7 @@ if DIFFUSION_VARIANTS:
         conda:
             "../../envs/train.yaml"
         shell:
-            "python -m mmfusion report-trajectory"
+            "python -m mmfusion trajectory"
             " --models-dir \"$(dirname \"$(dirname \"$(dirname {input.metrics[0]:q})\")\")\""
             " --variants {params.variants} --table {input.table:q} --spec {input.spec:q}"
             " --folds {input.folds:q} --cache {input.cache:q}"
