@@ -144,7 +144,7 @@ def _slurm_unavailable() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("MMFUSION_SLURM_TEST") != "1",
                     reason="installs and starts a single-node Slurm: runs only with "
-                    "MMFUSION_SLURM_TEST=1, as .ci/run sets it (~12 min)")
+                    "MMFUSION_SLURM_TEST=1, as .ci/run sets it (~6 min)")
 def test_workflow_through_slurm_equals_the_local_run(tmp_path: Path) -> None:
     reason = _slurm_unavailable()
     if reason:  # asked for (CI) but impossible here: a failure, never a silent skip
