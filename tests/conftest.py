@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,36 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Small but valid: 64 x 5.2 mm = 333 mm field of view, 32 slices x 5 mm.
 TINY = SynthSettings(n_patients=3, seed=7, prevalence=0.5, matrix=64, n_slices=32,
                      pixel_spacing=5.2, slice_thickness=5.0)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shuffle-seed", type=int, default=None,
+                     help="run the tests in a shuffled order (the modules shuffled, and the "
+                          "tests within each module), drawn with this seed: shows that no "
+                          "test depends on the order of the others (.ci/run does this)")
+
+
+def shuffled(items: list, seed: int) -> list:
+    """`items` (pytest items, or anything with a `module`-like key) with their module blocks
+    shuffled and each block shuffled, deterministically for `seed`."""
+    rng = random.Random(seed)
+    blocks: dict[str, list] = {}
+    for item in items:
+        blocks.setdefault(str(getattr(item, "fspath", item)), []).append(item)
+    order = list(blocks)
+    rng.shuffle(order)
+    out = []
+    for key in order:
+        block = blocks[key]
+        rng.shuffle(block)
+        out += block
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    seed = config.getoption("--shuffle-seed")
+    if seed is not None:
+        items[:] = shuffled(items, seed)
 
 
 def require_tool(name: str) -> str:

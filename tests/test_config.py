@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,60 @@ def test_find_cycle_finds_a_cycle() -> None:
 
 def test_package_has_no_import_cycle() -> None:
     assert find_cycle(import_graph()) == []
+
+
+def _imported_names() -> list[tuple[str, str, str]]:
+    """(module, imported module, name) for every `from mmfusion... import name`, lazy ones
+    included."""
+    out = []
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.startswith("mmfusion"):
+                out += [(mod, node.module, a.name) for a in node.names]
+    return out
+
+
+def _package(module: str) -> str:
+    """`mmfusion.report.trajectory` -> `mmfusion.report`; a top-level module is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_report_only_reads_and_plots() -> None:
+    """Running models is inference (train/, predict/); report/ reads what they wrote."""
+    graph = import_graph()
+    up = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("mmfusion.report")
+                for t in targets if t.startswith(("mmfusion.train", "mmfusion.predict")))
+    assert not up, up
+
+
+def test_no_module_imports_another_packages_private_names() -> None:
+    private = sorted(f"{mod}: from {src} import {name}"
+                     for mod, src, name in _imported_names()
+                     if name.startswith("_") and not name.startswith("__")
+                     and _package(src) != _package(mod))
+    assert not private, private
+
+
+def test_the_layout_checks_see_what_they_guard(tmp_path: Path, monkeypatch) -> None:
+    """The two checks above, on a package where each rule is broken once."""
+    pkg = tmp_path / "mmfusion"
+    for sub in ("report", "train", "cohort", "predict"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train" / "scoring.py").write_text("def score():\n    pass\n")
+    (pkg / "cohort" / "tables.py").write_text("def _norm():\n    pass\n")
+    (pkg / "report" / "fig.py").write_text(
+        "def f():\n    from mmfusion.train.scoring import score\n")
+    (pkg / "predict" / "run.py").write_text("from mmfusion.cohort.tables import _norm\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    with pytest.raises(AssertionError, match="report.fig -> mmfusion.train.scoring"):
+        test_report_only_reads_and_plots()
+    with pytest.raises(AssertionError, match="import _norm"):
+        test_no_module_imports_another_packages_private_names()
 
 
 def test_no_module_over_400_lines() -> None:

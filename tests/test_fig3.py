@@ -1,6 +1,6 @@
-"""Paper Fig. 3: the CFD reverse trajectory of each fold's test patients, t-SNE per step and
-the Davies–Bouldin score per step (mmfusion/report/trajectory.py, `mmfusion
-trajectory`), on two tiny trained mmfusion folds."""
+"""Paper Fig. 3: the CFD reverse trajectory of each fold's test patients (computed by
+mmfusion/train/trajectory.py), t-SNE per step and the Davies–Bouldin score per step
+(mmfusion/report/trajectory.py, `mmfusion trajectory`), on two tiny trained mmfusion folds."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from mmfusion.report.trajectory import (
     FoldTrajectory,
     analyse,
     davies_bouldin,
-    fold_trajectory,
     select_steps,
     tsne_embedding,
     tsne_perplexity,
 )
+from mmfusion.train.trajectory import fold_trajectory
 from tests.train_fixtures import write_random_patches, write_tables
 
 N, N_FOLDS, TIMESTEPS = 24, 2, 10
@@ -34,8 +34,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 MODEL = {"depth": 10, "base_width": 4, "mmrl_dim": 8, "mmrl_heads": 2, "hga_dim": 8,
          "hga_out": 8, "head_hidden": 16, "diffusion_hidden": 8, "n_samples": 3,
          "timesteps": TIMESTEPS}
-# batch 8 = the test split: the fold's predict_split draws the same noise as the trajectory
-TRAIN = {"epochs": 3, "warmup_epochs": 1, "select_from": 1, "batch_size": 8,
+# batch 3: each 8-patient test split is scored in 3 batches (the noise must not depend on them)
+TRAIN = {"epochs": 3, "warmup_epochs": 1, "select_from": 1, "batch_size": 3,
          "device": "cpu", "progress": False}
 
 
@@ -134,7 +134,7 @@ def test_the_last_step_is_the_sample_that_scored_the_patient(trained: Path) -> N
         pred = pd.read_csv(trained / "models" / "mmfusion" / f"fold{fold}" / "predictions.csv")
         assert traj.patient_ids == pred["patient_id"].tolist()
         np.testing.assert_array_equal(traj.labels, pred["label"].to_numpy())
-        np.testing.assert_allclose(traj.probability, pred["probability_raw"], atol=2e-6)
+        np.testing.assert_allclose(traj.probability, pred["probability_raw"], atol=1e-6)
 
 
 def test_steps_option_and_bad_inputs(trained: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import yaml
 from mmfusion.errors import ConfigError, TableError
 from mmfusion.synth import SynthSettings, generate_cohort
 from tests.conftest import REPO
-from tests.test_workflow import TINY_SYNTH, _snakemake
+from tests.test_workflow import N_PATIENTS, TINY_SYNTH, _snakemake
 
 N_EXTERNAL, EXTERNAL_SEED = 12, 12
 N_FIGURE, FIGURE_SEED, N_FIGURE_NEW, FIGURE_NEW_SEED = 90, 21, 40, 22
@@ -41,7 +41,10 @@ def _config(results: Path) -> dict:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["results"] = str(results)
     config["synth"] = TINY_SYNTH
-    config["train"].update(epochs=3, warmup_epochs=1, restart_epoch=3, select_from=1)
+    # batch 2: every fold's validation and test splits span several batches, so predict
+    # (which batches the cohort its own way) must give each patient the fold's own score
+    config["train"].update(epochs=3, warmup_epochs=1, restart_epoch=3, select_from=1,
+                           batch_size=2)
     return config
 
 
@@ -72,7 +75,13 @@ def _train_in_process(cohort: Path, results: Path, variants: list[str]) -> Path:
     from mmfusion.cohort.tables import TableSettings
     from mmfusion.dicom.index import index_dicom, write_index
     from mmfusion.predict.bundle import build_bundle
-    from mmfusion.predict.prepare import OK, linked_patients, prepare_patient
+    from mmfusion.predict.prepare import (
+        OK,
+        PrepareTask,
+        linked_patients,
+        patient_files,
+        prepare_patient,
+    )
     from mmfusion.settings import resolve_config, write_resolved_config
     from mmfusion.train.fold import run_baseline_fold
 
@@ -86,8 +95,8 @@ def _train_in_process(cohort: Path, results: Path, variants: list[str]) -> Path:
     rows = index_dicom(cohort / "dicom", workers=2, progress=False)
     write_index(rows, index)
     sections = {k: config[k] for k in ("rois", "convert", "crop", "radiomics")}
-    tasks = [(p, str(index), str(results / "patients" / p), sections, "")
-             for p in linked_patients(rows)[0]]
+    tasks = [PrepareTask(p, str(index), str(results / "patients" / p), sections, "",
+                         patient_files(rows, p)) for p in linked_patients(rows)[0]]
     with ProcessPoolExecutor(2) as pool:
         outcomes = list(pool.map(prepare_patient, tasks))
     statuses = [results / "patients" / o.patient / "convert_status.json" for o in outcomes
@@ -260,25 +269,32 @@ def test_a_bundle_scores_new_patients_well_above_chance(figure: Path) -> None:
 def test_predict_reproduces_the_workflows_scores_of_training_patients(run: Path,
                                                                       tmp_path: Path) -> None:
     """DICOM -> features -> in-fold preprocessing -> model, outside the workflow, gives each
-    fold's workflow probabilities of its validation and test patients exactly."""
+    fold's workflow probabilities of its validation and test patients to 1e-6, for every
+    variant (mmfusion's diffusion included), although predict batches the whole cohort in
+    its own order while each fold scored its splits in batches of 2."""
     results = _results(run)
     cohort = results / "demo_cohort"
-    patients = [f"ESO-{i:04d}" for i in range(1, 7)]
+    patients = [f"ESO-{i:04d}" for i in range(1, N_PATIENTS + 1)]
     dicom = _subset(cohort, patients, tmp_path / "dicom")
-    for variant in ("base1", "logreg"):
+    folds_tsv = pd.read_csv(results / "cohort" / "folds.tsv", sep="\t")
+    for variant in VARIANTS:
         _predict(results / "bundle" / variant, dicom, cohort, tmp_path / variant,
                  work=tmp_path / "work")
         folds = pd.read_csv(tmp_path / variant / "fold_probabilities.csv")
         compared = 0
         for k in range(3):
-            for name in ("predictions.csv", "val_predictions.csv"):
+            for name, split in (("predictions.csv", "test"), ("val_predictions.csv", "val")):
                 trained = pd.read_csv(results / "models" / variant / f"fold{k}" / name)
+                assert len(trained) == ((folds_tsv["fold"] == k)
+                                        & (folds_tsv["split"] == split)).sum()
                 both = folds[folds["fold"] == k].merge(trained, on="patient_id")
+                assert len(both) == len(trained)  # every one of the fold's patients
                 for col in ("probability", "probability_raw"):  # recalibrated and raw
-                    np.testing.assert_allclose(both[f"{col}_x"], both[f"{col}_y"], atol=2e-6,
+                    np.testing.assert_allclose(both[f"{col}_x"], both[f"{col}_y"], rtol=0,
+                                               atol=1e-6,
                                                err_msg=f"{variant} fold {k} {name} {col}")
                 compared += len(both)
-        assert compared >= len(patients)
+        assert compared >= N_PATIENTS
         table = pd.read_csv(results / "cohort" / "table.tsv", sep="\t").set_index("patient_id")
         features = pd.read_csv(tmp_path / variant / "features.tsv", sep="\t")
         features = features.set_index("patient_id")
@@ -307,6 +323,54 @@ def test_two_predict_runs_give_identical_files(run: Path, tmp_path: Path) -> Non
     assert len(both) == len(mine)
     for col in ("probability", "uncertainty", "decision"):
         np.testing.assert_array_equal(both[f"{col}_x"], both[f"{col}_y"], err_msg=col)
+
+
+def _prepared_stamps(work: Path) -> dict[str, int]:
+    """Patient -> modification time of its converted CT (changes when it is prepared)."""
+    return {p.parent.name: p.stat().st_mtime_ns
+            for p in sorted((work / "patients").glob("*/ct.nii.gz"))}
+
+
+@pytest.mark.slow
+def test_the_work_folder_cache_follows_the_files_content(run: Path, tmp_path: Path) -> None:
+    """Rerunning predict with the same --work reuses an unchanged patient, prepares again
+    the one whose DICOM changed (and scores it anew), and prepares a new one."""
+    import pydicom
+
+    external = run / "external"
+    dicom = tmp_path / "dicom"
+    for pid in ("ESO-0002", "ESO-0003"):
+        shutil.copytree(external / "dicom" / pid, dicom / pid)  # copies: we edit one
+    bundle, work = _results(run) / "bundle" / "logreg", tmp_path / "work"
+    _predict(bundle, dicom, external, tmp_path / "a", work=work)
+    first = _prepared_stamps(work)
+    assert set(first) == {"ESO-0002", "ESO-0003"}
+    _predict(bundle, dicom, external, tmp_path / "b", work=work)
+    assert _prepared_stamps(work) == first  # nothing changed: all reused
+    assert (tmp_path / "a" / "predictions.csv").read_bytes() == \
+        (tmp_path / "b" / "predictions.csv").read_bytes()
+
+    # brighten every CT slice of ESO-0003 (same file names, new content)
+    for path in sorted((dicom / "ESO-0003" / "CT").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.PixelData = (ds.pixel_array + 40).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(path)
+    shutil.copytree(external / "dicom" / "ESO-0005", dicom / "ESO-0005")  # a new patient
+    _predict(bundle, dicom, external, tmp_path / "c", work=work)
+    third = _prepared_stamps(work)
+    assert third["ESO-0002"] == first["ESO-0002"]  # unchanged: reused
+    assert third["ESO-0003"] != first["ESO-0003"]  # changed: prepared again
+    assert "ESO-0005" in third
+    old = pd.read_csv(tmp_path / "a" / "features.tsv", sep="\t").set_index("patient_id")
+    new = pd.read_csv(tmp_path / "c" / "features.tsv", sep="\t").set_index("patient_id")
+    mean = "gtvt_original_firstorder_Mean"
+    assert new.at["ESO-0003", mean] > old.at["ESO-0003", mean] + 30  # the new pixels
+    assert new.at["ESO-0002", mean] == old.at["ESO-0002", mean]
+    scored = pd.read_csv(tmp_path / "c" / "predictions.csv").set_index("patient_id")
+    before = pd.read_csv(tmp_path / "a" / "predictions.csv").set_index("patient_id")
+    assert set(scored.index) == {"ESO-0002", "ESO-0003", "ESO-0005"}
+    assert scored.at["ESO-0002", "probability"] == before.at["ESO-0002", "probability"]
+    assert scored.at["ESO-0003", "probability"] != before.at["ESO-0003", "probability"]
 
 
 # ---------------------------------------------------------------- refusals

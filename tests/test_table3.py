@@ -176,8 +176,8 @@ def _fake_run(root: Path, strengths: dict[str, float], seed: int = 3) -> Path:
     ids = [f"P{i:03d}" for i in range(36)]
     labels = np.array([0, 1] * 18)
     noise = rng.normal(size=36)
-    for variant, strength in strengths.items():
-        own = np.random.default_rng(abs(hash(variant)) % 1000).normal(size=36)
+    for k, (variant, strength) in enumerate(strengths.items()):
+        own = np.random.default_rng(1000 + k).normal(size=36)  # never hash(): per process
         prob = 1 / (1 + np.exp(-(strength * (labels - 0.5) + noise + 0.5 * own)))
         for fold in range(3):
             d = root / "models" / variant / f"fold{fold}"
@@ -227,8 +227,9 @@ def test_table3_csv_rows_columns_and_delong(tmp_path: Path) -> None:
         assert row["auc_difference"] == pytest.approx(res.difference, rel=1e-5)
         assert row["n_paired"] == 36
         per_fold = metrics.pivot(index="fold", columns="variant", values="accuracy")
+        # metrics_summary.csv holds 6 significant digits: each accuracy is off by <= 5e-7
         assert row["accuracy_difference"] == pytest.approx(
-            (per_fold[row["variant"]] - per_fold["mmfusion"]).mean(), rel=1e-5)
+            (per_fold[row["variant"]] - per_fold["mmfusion"]).mean(), rel=0, abs=2e-6)
         assert row["auc_mean"] == pytest.approx(
             metrics.loc[metrics["variant"] == row["variant"], "auc"].mean(), rel=1e-5)
     summary = (run / "report" / "summary.md").read_text()

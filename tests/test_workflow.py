@@ -87,6 +87,14 @@ def test_workflow_reports_every_variant_and_fold(workflow_run: Path, tmp_path: P
     assert len(summary) == 6 * 3
     assert set(summary["variant"]) == {"base1", "base2", "base3", "mmfusion", "logreg", "gbm"}
     assert summary["auc"].between(0, 1).all()
+    # the Monte Carlo error of the diffusion scores, measured per fold (appended columns)
+    assert list(summary.columns[-4:]) == ["mc_n_samples", "mc_sd_mean", "mc_sd_p95",
+                                          "mc_sd_max"]
+    diffusion = summary["variant"] == "mmfusion"
+    assert (summary.loc[diffusion, "mc_sd_max"] >= summary.loc[diffusion, "mc_sd_mean"]).all()
+    assert (summary.loc[diffusion, "mc_sd_mean"] > 0).all()
+    assert summary.loc[~diffusion, "mc_sd_mean"].isna().all()
+    assert "## Monte Carlo error of diffusion scores" in (report / "summary.md").read_text()
     assert len(pd.read_csv(report / "oracle_auc.csv")) == 3  # demo: oracle on the same folds
     for fig in ("roc", "calibration", "auc_by_fold"):
         assert (report / "figures" / f"{fig}.png").stat().st_size > 1000

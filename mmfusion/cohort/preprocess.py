@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmfusion.cohort.tables import _norm
+from mmfusion.cohort.tables import cell_text
 from mmfusion.errors import ConfigError, TableError
 from mmfusion.settings import check_choice, schema_defaults
 
@@ -104,9 +104,9 @@ def _skewness(x: np.ndarray) -> np.ndarray:
 
 
 def _seen(values: pd.Series, levels: list[str]) -> list[str]:
-    """The declared `levels` that occur in `values` (compared as `_norm` text)."""
-    present = {_norm(v) for v in values.dropna()}
-    return [lv for lv in levels if _norm(lv) in present]
+    """The declared `levels` that occur in `values` (compared as `cell_text`)."""
+    present = {cell_text(v) for v in values.dropna()}
+    return [lv for lv in levels if cell_text(lv) in present]
 
 
 def _corr(x: np.ndarray) -> np.ndarray:
@@ -296,8 +296,8 @@ class FoldPreprocessor:
             x = np.where(np.isnan(x), self.fill_[group], x)
             parts = [(x - self.centre_[group]) / self.scale_[group]]
             for col, levels in self.levels_[group].items():
-                values = df[col].map(lambda v: None if pd.isna(v) else _norm(v))
-                parts.append(np.stack([(values == _norm(lv)).to_numpy(dtype=float)
+                values = df[col].map(lambda v: None if pd.isna(v) else cell_text(v))
+                parts.append(np.stack([(values == cell_text(lv)).to_numpy(dtype=float)
                                        for lv in levels], axis=1))
             flags = self._flags(group)
             if flags:

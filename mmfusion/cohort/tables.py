@@ -80,7 +80,7 @@ class TableSettings:
         cohort = {**section_defaults("cohort"), **dict(cohort or {})}
 
         def values(v: Any) -> tuple[str, ...]:
-            return tuple(_norm(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+            return tuple(cell_text(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
 
         pos = values(cohort["positive_value"])
         neg = values(tables["negative_value"])
@@ -100,7 +100,7 @@ class TableSettings:
                    clinical=clinical, hematology=hema)
 
 
-def _norm(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """Canonical text of a cell for comparisons: '1', '1.0' and 1 are the same number."""
     text = str(value).strip()
     try:
@@ -190,7 +190,7 @@ def validate_table(
 
     if with_label:
         lab = cells(settings.label_column)
-        norm = lab.map(lambda v: v if pd.isna(v) else _norm(v))
+        norm = lab.map(lambda v: v if pd.isna(v) else cell_text(v))
         bad = norm.notna() & ~norm.isin(settings.positive_value + settings.negative_value)
         if bad.any():
             pid = norm.index[bad][0]
@@ -223,8 +223,8 @@ def validate_table(
         out[col] = num.astype(float)
     for col, levels in spec.categorical.items():
         s = cells(col)
-        known = {_norm(v): v for v in levels}
-        mapped = s.map(lambda v, k=known: v if pd.isna(v) else k.get(_norm(v), "\0"))
+        known = {cell_text(v): v for v in levels}
+        mapped = s.map(lambda v, k=known: v if pd.isna(v) else k.get(cell_text(v), "\0"))
         bad = mapped == "\0"
         if bad.any():
             pid = s.index[bad][0]

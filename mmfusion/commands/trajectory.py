@@ -1,5 +1,6 @@
 """`mmfusion trajectory`: paper Fig. 3, the diffusion's reverse trajectory of every fold's test
-patients (t-SNE per step, Davies-Bouldin per step; mmfusion/report/trajectory.py)."""
+patients: computed by the one scoring function (mmfusion/train/trajectory.py), then
+analysed and plotted (t-SNE per step, Davies-Bouldin per step; mmfusion/report/trajectory.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   "trajectory per fold, Davies-Bouldin per step",
         description="For each fold model of each diffusion variant (models/{variant}/"
                     "fold{k}: model.pt, scoring.json, preprocessor.json) runs the CFD "
-                    "reverse process of the fold's test patients (seeded) and writes "
+                    "reverse process of the fold's test patients (seeded, exactly as the "
+                    "fold scored them; fig3/trajectories/{variant}_fold{k}.npz) and writes "
                     "fig3_davies_bouldin.csv (one row per variant x fold x step), "
                     "fig3/{variant}_fold{k}.png (t-SNE per step), "
                     "fig3/{variant}_davies_bouldin.png, fig3/representations.csv and "
@@ -41,10 +43,14 @@ def run_trajectory(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from mmfusion.cohort.folds import read_folds
     from mmfusion.report.trajectory import TABLE, build_fig3
+    from mmfusion.train.trajectory import compute_trajectories
 
-    db = build_fig3(args.models_dir, args.variants, args.table, args.spec, args.folds,
-                    args.cache, args.out, n_steps=args.steps, device=args.device)
+    compute_trajectories(args.models_dir, args.variants, args.table, args.spec, args.folds,
+                         args.cache, args.out, device=args.device)
+    folds = sorted(int(k) for k in read_folds(args.folds)["fold"].unique())
+    db = build_fig3(args.variants, folds, args.out, n_steps=args.steps)
     print(f"trajectory: {len(db)} rows ({db['variant'].nunique()} variant(s), "
           f"{db['fold'].nunique()} fold(s), {db['step'].nunique()} steps) -> "
           f"{args.out}/{TABLE}")

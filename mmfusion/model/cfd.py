@@ -8,12 +8,13 @@ code (t = 1..T in the paper).
 
 Forward (eq. 2):  y_t = sqrt(ᾱ_t) y0 + (1 - sqrt(ᾱ_t)) ŷ + sqrt(1 - ᾱ_t) ε.
 Training (eq. 6): || ε - eps_theta(y_t, features, ŷ, t) ||², t drawn antithetically (CARD).
-Reverse (eqs. 3–4), common random numbers across patients: y0 reparameterised from
-eps_theta (eq. 4), then CARD's exact posterior q(y_{t-1} | y_t, y0, ŷ) (mean
-γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step returns the y0 reparameterisation.
-Each sample y0 becomes class probabilities softmax(-(y0 - 1)²) as CARD does (or, with
-the monotone `difference` mapping, sigmoid((y0[1] - y0[0]) / temperature)); probability =
-mean over samples, uncertainty = their standard deviation.
+Reverse (eqs. 3–4), common random numbers across patients, in antithetic pairs
+(`draw_noise`): y0 reparameterised from eps_theta (eq. 4), then CARD's exact posterior
+q(y_{t-1} | y_t, y0, ŷ) (mean γ0 y0 + γ1 y_t + γ2 ŷ, variance β̃_t); the last step
+returns the y0 reparameterisation. Each sample y0 becomes class probabilities
+softmax(-(y0 - 1)²) as CARD does (or, with the monotone `difference` mapping,
+sigmoid((y0[1] - y0[0]) / temperature)); probability = mean over samples, uncertainty =
+their standard deviation.
 """
 
 from __future__ import annotations
@@ -183,37 +184,61 @@ class CFD(nn.Module):
         s = _at(self.sqrt_alphas_bar, t)
         return (y_t - (1.0 - s) * y_hat - _at(self.sqrt_one_minus_alphas_bar, t) * eps) / s
 
+    def draw_noise(self, n_samples: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+        """The reverse process's Gaussian draws `(T, S, y_dim)`: row 0 for the prior y_T,
+        row i for the posterior step that makes y_{T-1-i}. Antithetic pairs: sample
+        ceil(S/2) + j uses the negated draws of sample j, so each sample is still an exact
+        draw of the reverse process while the mean over samples (the probability) has a
+        smaller Monte Carlo error than S independent samples (measured in
+        `bench/bench_monte_carlo.py`). Drawn in one call on the generator's device (the CPU
+        for `torch.Generator()`), so a seed gives the same draws on every device, then
+        moved to `device`."""
+        where = generator.device if generator is not None else device
+        half = torch.randn((self.timesteps, (n_samples + 1) // 2, self.y_dim), device=where,
+                           generator=generator)
+        draw = torch.cat([half, -half], dim=1)[:, :n_samples]
+        return draw.to(device) if device is not None else draw
+
     @torch.no_grad()
     def sample(self, features: torch.Tensor, y_hat: torch.Tensor, n_samples: int = 10,
                generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
-               return_trajectory: bool = False) -> torch.Tensor | list[torch.Tensor]:
+               return_trajectory: bool = False, noise: torch.Tensor | None = None
+               ) -> torch.Tensor | list[torch.Tensor]:
         """Reverse process (eq. 3), all patients and samples at once.
+
+        Common random numbers: sample s of every patient uses the same draws `noise[:, s]`,
+        so patients differ only by their features and ŷ (not by luck), and a patient's
+        result never depends on its batch, its position in it or the batch size.
 
         Args:
             features: `(B, F)` HGA features; ŷ: `(B, y_dim)` guide probabilities.
             n_samples: samples S per patient.
-            generator: random generator for reproducible sampling.
+            generator: draws the noise (`draw_noise`) when `noise` is not given.
             noise_fn: replaces eps_theta (tests use an oracle); signature as NoiseNetwork.
             return_trajectory: also return y_T … y_0.
+            noise: the draws `(T, S, y_dim)` (`draw_noise`); S must equal `n_samples`.
 
         Returns:
             y0 samples `(B, S, y_dim)`, or the list [y_T, …, y_0] of such tensors.
         """
         b = features.shape[0]
+        if noise is None:
+            noise = self.draw_noise(n_samples, generator)
+        if noise.shape != (self.timesteps, n_samples, self.y_dim):
+            raise ValueError(f"noise of shape {tuple(noise.shape)}; need "
+                             f"{(self.timesteps, n_samples, self.y_dim)}")
+        noise = noise.to(device=features.device, dtype=y_hat.dtype)
         eps_fn = noise_fn or self.noise_net
         feats = features.repeat_interleave(n_samples, dim=0)  # (B*S, F)
         prior = y_hat.repeat_interleave(n_samples, dim=0)  # (B*S, y_dim)
-        def gaussian() -> torch.Tensor:  # drawn on the generator's device, then moved
-            # Common random numbers: sample s of every patient uses the same noise draw, so
-            # patients differ only by their features and ŷ (not by luck) and a patient's
-            # result does not depend on its batch or its position in it.
-            where = generator.device if generator is not None else prior.device
-            draw = torch.randn((n_samples, prior.shape[-1]), device=where, generator=generator)
-            return draw.to(prior.device).repeat(b, 1)  # (B*S, y_dim), patient-major
 
-        y = prior + gaussian()  # y_T ~ N(ŷ, I)
+        def gaussian(i: int) -> torch.Tensor:  # (B*S, y_dim), patient-major
+            return noise[i].repeat(b, 1)
+
+        y = prior + gaussian(0)  # y_T ~ N(ŷ, I)
         trajectory = [y]
-        for step in reversed(range(self.timesteps)):
+        for i, step in enumerate(reversed(range(self.timesteps))):
             t = torch.full((b * n_samples,), step, dtype=torch.long, device=prior.device)
             if self.target == "y0" and noise_fn is None:
                 y0 = self.noise_net(y, feats, prior, t)  # x0-parameterisation
@@ -224,16 +249,17 @@ class CFD(nn.Module):
             else:
                 mean = (_at(self.gamma0, t) * y0 + _at(self.gamma1, t) * y
                         + _at(self.gamma2, t) * prior)
-                y = mean + _at(self.posterior_variance, t).sqrt() * gaussian()
+                y = mean + _at(self.posterior_variance, t).sqrt() * gaussian(i + 1)
             trajectory.append(y)
         shaped = [s.reshape(b, n_samples, -1) for s in trajectory]
         return shaped if return_trajectory else shaped[-1]
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, y_hat: torch.Tensor, n_samples: int = 10,
-                generator: torch.Generator | None = None) -> DiffusionPrediction:
+                generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> DiffusionPrediction:
         """Class-1 probability (mean over samples) and uncertainty (sd over samples)."""
-        samples = self.sample(features, y_hat, n_samples, generator)
+        samples = self.sample(features, y_hat, n_samples, generator, noise=noise)
         assert isinstance(samples, torch.Tensor)
         probs = self.sample_probabilities(samples)  # (B, S)
         spread = probs.std(dim=1, unbiased=False) if n_samples > 1 else torch.zeros_like(

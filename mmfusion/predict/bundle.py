@@ -34,6 +34,9 @@ from mmfusion.errors import ConfigError
 from mmfusion.io import atomic_dir
 from mmfusion.predict.manifest import verify_manifest, write_manifest
 from mmfusion.predict.readme import bundle_readme
+from mmfusion.train.trained_fold import FoldModel, read_record
+
+__all__ = ["Bundle", "FoldModel", "build_bundle", "load_bundle", "version_differences"]
 
 PACKAGES = ("mmfusion", "torch", "dgl", "numpy", "scikit-learn", "pyradiomics-bhklab",
             "SimpleITK", "pydicom")
@@ -68,21 +71,9 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found", path=str(path),
-                          fix="retrain this fold with this mmfusion (it writes scoring.json "
-                              "and preprocessor.json): snakemake --forcerun train_fold "
-                              "train_baseline") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{what} is not JSON: {err}", path=str(path)) from err
-
-
 def _copy_fold(variant: str, src: Path, dst: Path, fold: int) -> dict[str, Any]:
-    scoring = _read_json(src / "scoring.json", f"scoring record of {variant} fold {fold}")
-    _read_json(src / "preprocessor.json", f"preprocessor of {variant} fold {fold}")
+    scoring = read_record(src / "scoring.json", f"scoring record of {variant} fold {fold}")
+    read_record(src / "preprocessor.json", f"preprocessor of {variant} fold {fold}")
     if scoring.get("variant") != variant or scoring.get("fold") != fold:
         raise ConfigError(f"scoring.json is for {scoring.get('variant')} fold "
                           f"{scoring.get('fold')}, not {variant} fold {fold}", path=str(src))
@@ -148,20 +139,6 @@ def build_bundle(variant: str, models_dir: str | Path, config_yaml: str | Path,
         (tmp / "README.md").write_text(bundle_readme(info, settings, versions))
         write_manifest(tmp, {"variant": variant, "n_folds": n_folds})
     return Path(out)
-
-
-@dataclass
-class FoldModel:
-    """One fold's model as stored: its folder, scoring record and preprocessor state."""
-
-    fold: int
-    folder: Path
-    scoring: dict[str, Any]
-    preprocessor: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return str(self.scoring["kind"])
 
 
 @dataclass

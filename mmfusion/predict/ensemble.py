@@ -12,9 +12,10 @@ per fold: the spread across folds); decision = probability >= the mean of the fo
 validation-chosen thresholds (chosen on recalibrated validation probabilities).
 
 Deep models are rebuilt from `scoring.json` (model settings, tabular widths) and loaded
-with `torch.load(weights_only=True)`; `model.pretrained` is not read again (the weights
-hold the backbone). Diffusion sampling restarts from the training seed for every batch,
-so a patient's score never depends on the other patients scored with it.
+with `torch.load(weights_only=True)` (`mmfusion.train.trained_fold`) and scored by the one
+scoring function of training (`mmfusion.train.scoring.score_split`, the fold's seed): a
+fold model gives a patient the very probability that fold's own predictions hold, whatever
+the batch, the order or the other patients scored with it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmfusion.cohort.preprocess import FoldPreprocessor
-from mmfusion.errors import ConfigError
-from mmfusion.predict.bundle import Bundle, FoldModel
+from mmfusion.predict.bundle import Bundle
 from mmfusion.train.recalibration import Recalibrator
+from mmfusion.train.trained_fold import FoldModel, build_model, fold_tables
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,14 @@ class Scores:
     fold_probability_raw: list[np.ndarray] = field(default_factory=list)
 
 
-def recalibrate(fold: FoldModel, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A fold's raw `(N, S)` probabilities -> (its probability `(N,)` = the map of the
-    mean over samples, as the fold's own test predictions; every sample mapped `(N, S)`)."""
+def recalibrate(fold: FoldModel, probability: np.ndarray, per_sample: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's raw probability `(N,)` (the mean over samples) and per-sample
+    probabilities `(N, S)` -> (its recalibrated probability `(N,)`, exactly as the fold's
+    own predictions; every sample mapped `(N, S)`)."""
     recal = Recalibrator.from_dict(fold.scoring.get("recalibration"))
-    raw = np.asarray(raw, dtype=np.float64)
-    return recal.apply(raw.mean(axis=1)), recal.apply(raw)
+    return (recal.apply(np.asarray(probability, dtype=np.float64)),
+            recal.apply(np.asarray(per_sample, dtype=np.float64)))
 
 
 def combine(per_fold: Sequence[np.ndarray], thresholds: Sequence[float],
@@ -74,37 +76,12 @@ def combine(per_fold: Sequence[np.ndarray], thresholds: Sequence[float],
     return probability, pooled.std(axis=1), (probability >= threshold).astype(int), threshold
 
 
-def _tables(fold: FoldModel, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    pre = FoldPreprocessor.from_dict(fold.preprocessor)
-    arrays = pre.transform(frame)
-    widths = fold.scoring.get("tabular_widths")
-    if widths is not None:
-        got = {g: int(a.shape[1]) for g, a in arrays.items()}
-        if {g: int(w) for g, w in widths.items()} != got:
-            raise ConfigError(f"fold {fold.fold}: preprocessed widths {got} differ from the "
-                              f"model's {widths}", path=str(fold.folder))
-    return arrays
-
-
 def _baseline(fold: FoldModel, frame: pd.DataFrame) -> np.ndarray:
     from mmfusion.model.baselines import probabilities_from_parameters
 
     with np.load(fold.folder / fold.scoring["parameters"], allow_pickle=False) as npz:
         params = {k: npz[k] for k in npz.files}
-    return probabilities_from_parameters(params, _tables(fold, frame))[:, None]
-
-
-def _deep_model(fold: FoldModel, device):  # -> MMFusionModel
-    import torch
-
-    from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
-
-    settings = {**fold.scoring["model"], "pretrained": "", "freeze_backbone": False}
-    model = MMFusionModel(ModelConfig(**settings), fold.scoring["tabular_widths"])
-    state = torch.load(fold.folder / fold.scoring["weights"], map_location=device,
-                       weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return probabilities_from_parameters(params, fold_tables(fold, frame))
 
 
 def _load_patches(folders: Sequence[Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -118,31 +95,27 @@ def _load_patches(folders: Sequence[Path]) -> tuple[dict[str, np.ndarray], np.nd
 
 
 def _deep(fold: FoldModel, model, frame: pd.DataFrame, folders: Sequence[Path],
-          device) -> np.ndarray:
-    import torch
-
+          device) -> tuple[np.ndarray, np.ndarray]:
+    """(probability `(N,)`, per-sample probabilities `(N, S)`) from the one scoring
+    function, with the fold's seed and batch size, `CHUNK` patients' patches in memory at
+    a time (the scores do not depend on the chunking)."""
     from mmfusion.train.dataset import SplitData
+    from mmfusion.train.scoring import score_split
 
-    tables = _tables(fold, frame)
-    batch_size, seed = int(fold.scoring["batch_size"]), int(fold.scoring["seed"])
-    out = []
+    tables = fold_tables(fold, frame)
+    probability, per_sample = [], []
     for start in range(0, len(frame), CHUNK):
         rows = np.arange(start, min(len(frame), start + CHUNK))
         patches, present = _load_patches([folders[i] for i in rows])
         split = SplitData([str(frame["patient_id"].iloc[i]) for i in rows], patches, present,
                           {g: a[rows] for g, a in tables.items()},
                           np.zeros(len(rows), np.int64), np.arange(len(rows)))
-        for b0 in range(0, len(rows), batch_size):
-            batch = split.batch(np.arange(b0, min(len(rows), b0 + batch_size)), device)
-            gen = torch.Generator().manual_seed(seed)  # same noise for every batch
-            with torch.no_grad():
-                if model.use_cfd:
-                    samples = model.diffusion_samples(batch, generator=gen)
-                    probs = model.cfd.sample_probabilities(samples)
-                else:
-                    probs = model.predict(batch)[0][:, None]
-            out.append(probs.float().cpu().numpy().astype(np.float64))
-    return np.concatenate(out) if out else np.zeros((0, 1))
+        scores = score_split(model, split, fold.batch_size, device, fold.seed)
+        probability.append(scores.probability)
+        per_sample.append(scores.sample_probability)
+    if not probability:
+        return np.zeros(0), np.zeros((0, 1))
+    return np.concatenate(probability), np.concatenate(per_sample)
 
 
 def score(bundle: Bundle, frame: pd.DataFrame, folders: Sequence[Path],
@@ -162,16 +135,17 @@ def score(bundle: Bundle, frame: pd.DataFrame, folders: Sequence[Path],
         log.info("scoring on %s", describe_device(device))
     for fold in bundle.folds:
         if fold.kind == "deep":
-            probs = _deep(fold, _deep_model(fold, device), frame, folders, device)
+            raw, per_sample = _deep(fold, build_model(fold, device), frame, folders, device)
         else:
-            probs = _baseline(fold, frame)
-        p, samples = recalibrate(fold, probs)
+            raw = _baseline(fold, frame)
+            per_sample = raw[:, None]
+        p, samples = recalibrate(fold, raw, per_sample)
         log.info("%s fold %d: mean probability %.3f (raw %.3f) over %d patient(s)",
                  bundle.variant, fold.fold, float(p.mean()) if p.size else float("nan"),
-                 float(probs.mean()) if probs.size else float("nan"), len(probs))
+                 float(raw.mean()) if raw.size else float("nan"), len(raw))
         per_fold.append(samples)
         fold_p.append(p)
-        fold_raw.append(probs.mean(axis=1))
+        fold_raw.append(raw)
     thresholds = [float(f.scoring["threshold"]) for f in bundle.folds]
     probability, uncertainty, decision, threshold = combine(per_fold, thresholds, fold_p)
     return Scores(patients=frame["patient_id"].astype(str).tolist(), per_fold=per_fold,

@@ -6,9 +6,16 @@ index (`mmfusion.dicom.index`) -> preflight checks of the ROI regexes and IDs
 laid out like `results/` (`dicom_index.tsv`, `patients/{id}/`). A patient that cannot be
 used is an `Outcome` with status `excluded`, its stage and the reason; the others go on.
 
-A patient's folder records the settings key it was made with (`prepared.json`), and the
-work folder the index's (`prepared.json`): a second run with the same bundle settings
-(another variant of the same training run) reuses them instead of converting again.
+Caches under the work folder are keyed on what they were built from, so a rerun never
+serves a stale result:
+- the index (`dicom_index.tsv`) on the bundle's stage settings, the DICOM root and a
+  listing of every file under it (relative path, size, modification time): a file added,
+  removed or changed re-indexes;
+- a patient's folder (`patients/{id}/prepared.json`) on the stage settings and the sha256
+  of the content of each of the patient's DICOM files (every file the index lists for the
+  patient): a patient whose files changed, or who is new, is prepared again; an unchanged
+  one is reused, e.g. by another variant of the same training run.
+The tables are read anew on every run (nothing is cached from them).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -56,6 +64,48 @@ def preparation_key(bundle: Bundle) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class PrepareTask:
+    """One patient's preparation (a process-pool task): its index, folder, the stages'
+    settings, their key (`preparation_key`) and the patient's DICOM files (absolute)."""
+
+    patient: str
+    index_tsv: str
+    folder: str
+    sections: dict[str, Any]
+    settings_key: str
+    files: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        """sha256 of the settings key and of each file's name (relative to the folder the
+        patient's files share) and content."""
+        digest = hashlib.sha256(self.settings_key.encode())
+        base = os.path.dirname(os.path.commonpath(self.files)) if self.files else ""
+        names = [os.path.relpath(f, base) for f in self.files]
+        for name, path in sorted(zip(names, self.files, strict=True)):
+            digest.update(f"\n{name}\t{sha256_file(path)}".encode())
+        return digest.hexdigest()
+
+
+def listing_key(root: str | Path, settings_key: str) -> str:
+    """sha256 of the settings key and every file under `root` (as the index crawls it):
+    relative path, size and modification time."""
+    from mmfusion.dicom.headers import iter_files
+
+    digest = hashlib.sha256(settings_key.encode())
+    for path in iter_files(root):
+        st = os.stat(path)
+        digest.update(f"\n{os.path.relpath(path, root)}\t{st.st_size}\t{st.st_mtime_ns}"
+                      .encode())
+    return digest.hexdigest()
+
+
+def patient_files(rows: Iterable[dict], patient: str) -> tuple[str, ...]:
+    """Every file the index lists for `patient` (absolute paths, sorted)."""
+    return tuple(sorted({os.path.join(r["dicom_root"], f) for r in rows
+                         if r.get("patient") == patient for f in r.get("files") or []}))
+
+
 def _record(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads((folder / RECORD).read_text())
@@ -63,20 +113,24 @@ def _record(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare_patient(task: tuple[str, str, str, dict[str, Any], str]) -> Outcome:
-    """Convert, crop and extract radiomics of one patient into its folder (a process-pool
-    task: patient, index TSV, folder, stage sections, settings key)."""
+def prepare_patient(task: PrepareTask) -> Outcome:
+    """Convert, crop and extract radiomics of one patient into its folder, unless the folder
+    already holds them for the same settings and file contents (`PrepareTask.key`)."""
     from mmfusion.dicom.convert import ConvertSettings, convert_patient, inputs_from_index
     from mmfusion.features.crop import run_crop
     from mmfusion.features.patches import CropSettings
     from mmfusion.features.radiomics import PROVENANCE_NAME, RadiomicsSettings, run_radiomics
 
-    patient, index_tsv, folder_name, sections, key = task
+    patient, index_tsv, sections = task.patient, task.index_tsv, task.sections
     logging.getLogger("radiomics").setLevel(logging.ERROR)  # its INFO lines per feature class
-    folder = Path(folder_name)
+    folder = Path(task.folder)
+    key = task.key()
     cached = _record(folder)
     if cached is not None and cached.get("key") == key:
         return Outcome(**cached["outcome"])
+    if cached is not None:
+        log.info("patient %s: inputs or settings changed since it was prepared; preparing "
+                 "it again", patient)
     stage, warnings = "convert", []
     try:
         settings = ConvertSettings.from_config(sections["rois"], sections["convert"])
@@ -105,18 +159,22 @@ def prepare_patient(task: tuple[str, str, str, dict[str, Any], str]) -> Outcome:
 def _index(dicom_root: str | Path, work: Path, key: str, workers: int,
            progress: bool) -> list[dict]:
     """The DICOM index of `dicom_root` in `work/dicom_index.tsv`, reused when the work
-    folder's record names the same root and settings."""
+    folder's record holds the same `listing_key` (root, settings, every file's stat)."""
     from mmfusion.dicom.index import index_dicom, read_index, write_index
 
     root = str(Path(dicom_root).resolve())
+    listing = listing_key(root, key)
     record = _record(work)
     index_tsv = work / "dicom_index.tsv"
-    if record and record.get("dicom_root") == root and record.get("key") == key \
+    if record and record.get("dicom_root") == root and record.get("listing") == listing \
             and index_tsv.is_file():
-        log.info("reusing the index of %s in %s", root, work)
+        log.info("reusing the index of %s in %s (no file added, removed or changed)", root,
+                 work)
         return read_index(index_tsv)
     rows = index_dicom(root, workers=workers, progress=progress)
     write_index(rows, index_tsv)
+    write_text_atomic(work / RECORD, json.dumps(
+        {"key": key, "dicom_root": root, "listing": listing}, indent=1) + "\n")
     return read_index(index_tsv)
 
 
@@ -189,8 +247,8 @@ def prepare_images(bundle: Bundle, dicom_root: str | Path, work: str | Path,
             outcomes[pid] = Outcome(pid, EXCLUDED, "index",
                                     "in the clinical table but no images in the DICOM folder")
     sections = {name: bundle.section(name) for name in STAGES}
-    tasks = [(pid, str(index_tsv), str(work / "patients" / pid), sections, key)
-             for pid in todo]
+    tasks = [PrepareTask(pid, str(index_tsv), str(work / "patients" / pid), sections, key,
+                         patient_files(rows, pid)) for pid in todo]
     log.info("%d patient(s) to prepare (%d excluded before conversion)", len(tasks),
              len(outcomes))
     bar = tqdm(total=len(tasks), desc="prepare patients", unit="patient",
@@ -210,7 +268,4 @@ def prepare_images(bundle: Bundle, dicom_root: str | Path, work: str | Path,
         if outcome.status == EXCLUDED:
             log.warning("patient %s excluded at %s: %s", outcome.patient, outcome.stage,
                         outcome.reason)
-    record = {"key": key, "dicom_root": str(Path(dicom_root).resolve())}
-    if _record(work) != record:
-        write_text_atomic(work / RECORD, json.dumps(record, indent=1) + "\n")
     return dict(sorted(outcomes.items()))

@@ -21,7 +21,7 @@ import pandas as pd
 
 from mmfusion.cohort.merge import EXCLUSION_COLUMNS, read_cohort_table, read_radiomics_rows
 from mmfusion.cohort.preprocess import FoldPreprocessor
-from mmfusion.cohort.tables import _norm
+from mmfusion.cohort.tables import cell_text
 from mmfusion.errors import ConfigError
 from mmfusion.io import atomic_path, write_text_atomic
 from mmfusion.predict.bundle import Bundle, load_bundle, version_differences
@@ -79,7 +79,7 @@ def _qc_warnings(bundle: Bundle, tables: NewTables, frame: pd.DataFrame,
     seen = []  # per fold: column -> the levels its training rows held
     for fold in bundle.folds:
         groups = FoldPreprocessor.from_dict(fold.preprocessor).levels_seen_.values()
-        seen.append({c: {_norm(v) for v in lv} for g in groups for c, lv in g.items()})
+        seen.append({c: {cell_text(v) for v in lv} for g in groups for c, lv in g.items()})
     categorical = {**tables.settings.clinical.categorical,
                    **tables.settings.hematology.categorical}
     out = []
@@ -93,7 +93,7 @@ def _qc_warnings(bundle: Bundle, tables: NewTables, frame: pd.DataFrame,
             if pd.isna(value):
                 continue
             folds = [str(k) for k, levels in enumerate(seen)
-                     if col in levels and _norm(value) not in levels[col]]
+                     if col in levels and cell_text(value) not in levels[col]]
             if folds:
                 notes.append(f"{col}={value} was not in the training rows of fold(s) "
                              f"{', '.join(folds)}")
@@ -123,7 +123,7 @@ def _write_outputs(out: Path, frame: pd.DataFrame, scores, warnings: list[str],
         for k, samples in enumerate(scores.per_fold):
             for pid, p, s, raw in zip(scores.patients, scores.fold_probability[k], samples,
                                       scores.fold_probability_raw[k], strict=True):
-                writer.writerow([pid, k, f"{p:.6f}", f"{s.std():.6f}", f"{raw:.6f}"])
+                writer.writerow([pid, k, f"{p:.8f}", f"{s.std():.8f}", f"{raw:.8f}"])
     excluded = [o for o in outcomes.values() if o.status != OK]
     with atomic_path(out / "exclusions.tsv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")

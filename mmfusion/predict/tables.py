@@ -19,7 +19,7 @@ from mmfusion.cohort.tables import (
     MISSING_TOKENS,
     ColumnSpec,
     TableSettings,
-    _norm,
+    cell_text,
     read_table,
     validate_table,
 )
@@ -58,10 +58,10 @@ def _check_against_bundle(raw: pd.DataFrame, spec: ColumnSpec, settings: TableSe
                          f"models need (it has: {list(raw.columns)})", path=path,
                          fix="add the column(s); empty cells are imputed as in training")
     for col, levels in spec.categorical.items():
-        known = {_norm(v) for v in levels}
+        known = {cell_text(v) for v in levels}
         for pid, cell in zip(raw[settings.id_column], raw[col], strict=True):
             text = str(cell).strip()
-            if text.lower() in MISSING_TOKENS or _norm(text) in known:
+            if text.lower() in MISSING_TOKENS or cell_text(text) in known:
                 continue
             raise TableError(f"column {col}: category {text!r} was never seen by the "
                              f"bundle's models (they know {list(levels)})",

@@ -24,9 +24,11 @@ from mmfusion.report.markdown import (
 from mmfusion.report.model_card import CardInputs, model_card
 from mmfusion.report.summary import (
     METRIC_COLUMNS,
+    MONTE_CARLO_COLUMNS,
     collect_metrics,
     collect_predictions,
     find_outputs,
+    monte_carlo_table,
     oracle_by_fold,
     paired_tests,
     pooled_auc,
@@ -75,7 +77,8 @@ def _metrics_summary(metrics: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
     merged = metrics.astype({"variant": str}).merge(extra, on=["variant", "fold"], how="left")
     merged["variant"] = pd.Categorical(merged["variant"], metrics["variant"].cat.categories,
                                        ordered=True)
-    return merged
+    last = [c for c in MONTE_CARLO_COLUMNS if c in merged]  # new columns go last
+    return merged[[c for c in merged if c not in last] + last]
 
 
 def build_report(metrics_files: list[str | Path], prediction_files: list[str | Path],
@@ -111,7 +114,8 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
         confusion=confusion, curves=curves,
         cohort=cohort_counts(c.table) if c.table else None,
         folds=fold_sizes(c.table, c.folds) if c.table and c.folds else None,
-        n_excluded=int(excl["n"].sum()) if excl is not None else None, table3=table3)
+        n_excluded=int(excl["n"].sum()) if excl is not None else None, table3=table3,
+        monte_carlo=monte_carlo_table(metrics))
 
     _csv(metrics, out / "metrics_summary.csv")
     _csv(variants, out / "variants.csv")

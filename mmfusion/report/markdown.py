@@ -41,6 +41,7 @@ class Results:
     folds: pd.DataFrame | None = None
     n_excluded: int | None = None
     table3: pd.DataFrame | None = None  # table3.csv; None without a Table 3 ablation
+    monte_carlo: pd.DataFrame | None = None  # summary.monte_carlo_table
 
 
 def _f(value: object, spec: str = ".3f") -> str:
@@ -168,12 +169,28 @@ def _decision_section(r: Results) -> list[Block]:
             f"and treat none). Every threshold in decision_curve.csv.", t]
 
 
+def _monte_carlo_section(r: Results) -> list[Block]:
+    if r.monte_carlo is None or not len(r.monte_carlo):
+        return []
+    t = Table(["variant", "samples per patient", "sd mean", "sd 95th percentile", "sd max"])
+    for _, row in r.monte_carlo.iterrows():
+        t.rows.append([str(row["variant"]), _f(row["n_samples"], ".0f"),
+                       *[_f(row[c], ".4f") for c in ("sd_mean", "sd_p95", "sd_max")]])
+    return ["A diffusion variant's probability is a mean over reverse-process samples, "
+            "so it carries a Monte Carlo error: the sd of a test patient's (recalibrated) "
+            "probability over independent noise draws (`train.mc_replicates` of them), over "
+            "the folds' test patients (metrics.json `monte_carlo`). Well below the "
+            "differences between variants, it does not change a comparison; raise "
+            "`model.n_samples` if it is not.", t]
+
+
 def sections(r: Results) -> list[tuple[str, list[Block]]]:
     """The summary's sections in order, (title, blocks), empty ones left out."""
     out = [("Cohort", _cohort_section(r)), ("Discrimination and threshold metrics",
                                            _metrics_section(r)),
            ("Paired tests against the reference", _tests_section(r)),
            ("Table 3: ablations of MMFusion", _table3_section(r)),
+           ("Monte Carlo error of diffusion scores", _monte_carlo_section(r)),
            ("Calibration", _calibration_section(r)),
            ("Confusion matrices", _confusion_section(r)),
            ("Decision curve analysis", _decision_section(r))]

@@ -22,6 +22,9 @@ from mmfusion.report.delong import stratified_delong_test
 METRIC_COLUMNS = ["auc", "accuracy", "precision", "recall", "f1", "brier",
                   "balanced_accuracy", "specificity"]
 SELECTION_COLUMNS = ["threshold", "best_epoch", "temperature"]
+# Monte Carlo error of a diffusion variant's test scores (metrics.json `monte_carlo`,
+# recalibrated probabilities; NaN for variants without diffusion): appended last
+MONTE_CARLO_COLUMNS = ["mc_n_samples", "mc_sd_mean", "mc_sd_p95", "mc_sd_max"]
 # Paper Table 2 order; anything else follows alphabetically.
 VARIANT_ORDER = [*VARIANTS, *BASELINES]
 
@@ -38,7 +41,8 @@ def find_outputs(models_dir: str | Path, name: str) -> list[Path]:
 
 def collect_metrics(paths: list[str | Path]) -> pd.DataFrame:
     """One row per (variant, fold) with the test metrics and what was chosen on validation
-    (`threshold`, `best_epoch`, `temperature`): the first columns of metrics_summary.csv.
+    (`threshold`, `best_epoch`, `temperature`): the first columns of metrics_summary.csv;
+    and the Monte Carlo error of its test scores (`MONTE_CARLO_COLUMNS`, appended last).
 
     Each path is `.../{variant}/fold{k}/metrics.json`.
     """
@@ -56,6 +60,11 @@ def collect_metrics(paths: list[str | Path]) -> pd.DataFrame:
         for key in SELECTION_COLUMNS:  # chosen on validation (baselines: no epoch/temperature)
             value = data.get(key, test.get(key))
             row[key] = float("nan") if value is None else float(value)
+        mc = data.get("monte_carlo") or {}
+        row["mc_n_samples"] = float(mc.get("n_samples", "nan"))
+        for key in ("sd_mean", "sd_p95", "sd_max"):
+            value = (mc.get("test") or {}).get(key)
+            row[f"mc_{key}"] = float("nan") if value is None else float(value)
         rows.append(row)
     if not rows:
         raise MMFusionError("no metrics.json given", fix="run the training rules first")
@@ -85,6 +94,20 @@ def variant_table(metrics: pd.DataFrame, columns: list[str] | None = None) -> pd
         out[f"{col}_mean"] = mean[col]
         out[f"{col}_sd"] = sd[col]
     return out.reset_index()
+
+
+def monte_carlo_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per diffusion variant: samples per patient and the Monte Carlo sd of its recalibrated
+    test probabilities over folds (mean of the folds' means, largest 95th percentile and
+    maximum); empty when no variant measured it."""
+    have = metrics.dropna(subset=["mc_sd_mean"]) if "mc_sd_mean" in metrics else metrics[:0]
+    if not len(have):
+        return pd.DataFrame(columns=["variant", "n_samples", "sd_mean", "sd_p95", "sd_max"])
+    grouped = have.groupby("variant", observed=True)
+    return pd.DataFrame({"n_samples": grouped["mc_n_samples"].max(),
+                         "sd_mean": grouped["mc_sd_mean"].mean(),
+                         "sd_p95": grouped["mc_sd_p95"].max(),
+                         "sd_max": grouped["mc_sd_max"].max()}).reset_index()
 
 
 def pooled_auc(predictions: pd.DataFrame) -> pd.DataFrame:

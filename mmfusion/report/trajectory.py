@@ -1,11 +1,11 @@
-"""CFD reverse trajectories of the test patients (paper Fig. 3): computation and tables.
+"""CFD reverse trajectories of the test patients (paper Fig. 3): analysis and tables.
 
-For every fold model of a diffusion variant (`mmfusion` and its Table 3 ablations), each
-patient of that fold's **test** split runs through the reverse process (eq. 3) with
-`CFD.sample(..., return_trajectory=True)`: S samples per patient (`model.n_samples`),
-drawn from a `torch.Generator` seeded with the fold's training seed (`scoring.json`) and
-reseeded for every batch, so the last step is the very sample that scored the patient
-(`predictions.csv`) and a patient's trajectory does not depend on its batch.
+The trajectories themselves are inference (`mmfusion.train.trajectory`): every fold model
+of a diffusion variant (`mmfusion` and its Table 3 ablations) runs its **test** patients
+through the reverse process (eq. 3) with the one scoring function, so the last step is the
+very sample set that scored the patient (`predictions.csv`), and writes one file per fold
+(`FoldTrajectory.save`, `trajectory_file`). This module only reads those files, analyses
+and plots them.
 
 Representation of a patient at step t (paper t = T..0; `T` = `model.timesteps`): the mean
 over its S samples of the denoised label vector y_t `(y_dim,)` = (class N0, class N+)
@@ -19,10 +19,11 @@ component. t = T is the prior draw y_T ~ N(ŷ, I); t = 0 is the final y_0. At ea
 - a 2-D t-SNE embedding (scikit-learn, fixed `random_state`, perplexity
   min(30, (n - 1) / 3)); none for fewer than `MIN_TSNE` patients.
 
-`build_fig3` writes `fig3_davies_bouldin.csv` (one row per variant x fold x step),
-`fig3/representations.csv` (per patient and step), `fig3/info.json` (the settings used)
-and the figures (`mmfusion.report.figures.plot_trajectory_fold`, `plot_davies_bouldin`).
-Plotting lives in `figures`; nothing here draws.
+`build_fig3` reads the fold files and writes `fig3_davies_bouldin.csv` (one row per
+variant x fold x step), `fig3/representations.csv` (per patient and step),
+`fig3/info.json` (the settings used) and the figures
+(`mmfusion.report.figures.plot_trajectory_fold`, `plot_davies_bouldin`). Plotting lives
+in `figures`; nothing here draws.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mmfusion.errors import ConfigError
 from mmfusion.io import atomic_path, write_text_atomic
@@ -80,6 +80,28 @@ class FoldTrajectory:
         """Representations `(N, y_dim)` at paper step t = `step` (T..0)."""
         return self.states[self.timesteps - step]
 
+    def save(self, path: str | Path) -> None:
+        """One `.npz` (no pickles), written atomically."""
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, variant=np.array(self.variant), fold=np.array(self.fold),
+                     patient_ids=np.array(self.patient_ids, dtype=str),
+                     labels=np.asarray(self.labels, np.int64),
+                     states=np.asarray(self.states, np.float32),
+                     probability=np.asarray(self.probability, np.float64),
+                     seed=np.array(self.seed), n_samples=np.array(self.n_samples))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FoldTrajectory:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(str(z["variant"]), int(z["fold"]), [str(p) for p in z["patient_ids"]],
+                       z["labels"], z["states"], z["probability"], int(z["seed"]),
+                       int(z["n_samples"]))
+
+
+def trajectory_file(out_dir: str | Path, variant: str, fold: int) -> Path:
+    """Where `mmfusion.train.trajectory` writes a fold's trajectories under `out_dir`."""
+    return Path(out_dir) / FOLDER / "trajectories" / f"{variant}_fold{fold}.npz"
+
 
 def select_steps(timesteps: int, n_steps: int = DEFAULT_STEPS) -> list[int]:
     """`n_steps` steps evenly spaced from T down to 0 (both included; at most T + 1)."""
@@ -120,85 +142,6 @@ def tsne_embedding(x: np.ndarray, seed: int = TSNE_SEED) -> np.ndarray | None:
                 learning_rate="auto", random_state=seed).fit_transform(x)
 
 
-def load_fold_model(folder: Path, variant: str, fold: int):  # -> FoldModel
-    """A trained fold as `mmfusion predict` reads it: scoring.json + preprocessor.json."""
-    from mmfusion.predict.bundle import FoldModel, _read_json
-    from mmfusion.train.fold import PREPROCESSOR_FILE, SCORING_FILE
-
-    what = f"{variant} fold {fold}"
-    scoring = _read_json(folder / SCORING_FILE, f"scoring record of {what}")
-    pre = _read_json(folder / PREPROCESSOR_FILE, f"preprocessor of {what}")
-    if scoring.get("variant") != variant or int(scoring.get("fold", -1)) != fold:
-        raise ConfigError(f"scoring.json is for {scoring.get('variant')} fold "
-                          f"{scoring.get('fold')}, not {what}", path=str(folder))
-    if scoring.get("kind") != "deep":
-        raise ConfigError(f"{what} is a {scoring.get('kind')} model; Fig. 3 needs a "
-                          "diffusion variant", path=str(folder),
-                          fix="pass mmfusion or a Table 3 ablation (mmfusion_*)")
-    return FoldModel(fold=fold, folder=folder, scoring=scoring, preprocessor=pre)
-
-
-def load_test_split(fold_model, table_tsv: str | Path, spec_json: str | Path,
-               folds_tsv: str | Path, cache_dir: str | Path):  # -> SplitData
-    """The fold's test patients: tables through the fold's fitted preprocessor
-    (preprocessor.json), patches memory-mapped from the patch cache."""
-    from mmfusion.cohort.folds import read_folds
-    from mmfusion.cohort.merge import read_cohort_table
-    from mmfusion.cohort.preprocess import fold_frames
-    from mmfusion.predict.ensemble import _tables
-    from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
-
-    spec = json.loads(Path(spec_json).read_text())
-    frame = fold_frames(read_cohort_table(table_tsv, spec), read_folds(folds_tsv),
-                        fold_model.fold)["test"]
-    ids = frame["patient_id"].astype(str).tolist()
-    cache_ids, arrays = open_patch_cache(cache_dir)
-    patches = {k: v for k, v in arrays.items() if k != "node_present"}
-    return SplitData(ids, patches, arrays["node_present"], _tables(fold_model, frame),
-                     frame["label"].to_numpy().astype(np.int64), select_rows(cache_ids, ids))
-
-
-@torch.no_grad()
-def reverse_trajectory(model, split, batch_size: int, seed: int,
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-over-samples y_t `(T + 1, N, y_dim)` (t = T..0) and the final probability
-    `(N,)` of every patient of `split`; the generator restarts from `seed` per batch."""
-    model.eval()
-    states, probs = [], []
-    for batch in split.batches(batch_size, device):
-        gen = torch.Generator().manual_seed(seed)
-        out = model(batch)
-        trajectory = model.cfd.sample(out.features, model.guide_probabilities(out.logit),
-                                      model.cfg.n_samples, gen, return_trajectory=True)
-        states.append(torch.stack(trajectory).mean(dim=2).float().cpu().numpy())
-        probs.append(model.cfd.sample_probabilities(trajectory[-1]).mean(dim=1)
-                     .float().cpu().numpy())
-    if not states:
-        t = model.cfd.timesteps
-        return np.zeros((t + 1, 0, model.cfd.y_dim)), np.zeros(0)
-    return np.concatenate(states, axis=1), np.concatenate(probs)
-
-
-def fold_trajectory(models_dir: str | Path, variant: str, fold: int, table_tsv: str | Path,
-                    spec_json: str | Path, folds_tsv: str | Path, cache_dir: str | Path,
-                    device: torch.device) -> FoldTrajectory:
-    """Load `models_dir/variant/fold{fold}` (model.pt with `weights_only=True`) and run its
-    test patients' reverse trajectories."""
-    from mmfusion.predict.ensemble import _deep_model
-
-    fold_model = load_fold_model(Path(models_dir) / variant / f"fold{fold}", variant, fold)
-    model = _deep_model(fold_model, device)
-    if not model.use_cfd:
-        raise ConfigError(f"{variant} has no diffusion head (CFD): no reverse trajectory",
-                          fix="pass mmfusion or a Table 3 ablation (mmfusion_*)")
-    split = load_test_split(fold_model, table_tsv, spec_json, folds_tsv, cache_dir)
-    seed = int(fold_model.scoring["seed"])
-    states, prob = reverse_trajectory(model, split, int(fold_model.scoring["batch_size"]),
-                                      seed, device)
-    return FoldTrajectory(variant, fold, split.patient_ids, split.labels, states, prob,
-                          seed, int(model.cfg.n_samples))
-
-
 def analyse(traj: FoldTrajectory, steps: Sequence[int], tsne_seed: int = TSNE_SEED
             ) -> tuple[list[dict], pd.DataFrame]:
     """Per step: the Davies–Bouldin row; and the per-patient table (representation, t-SNE
@@ -231,33 +174,29 @@ def db_figure(out_dir: str | Path, variant: str) -> Path:
     return Path(out_dir) / FOLDER / f"{variant}_davies_bouldin.png"
 
 
-def build_fig3(models_dir: str | Path, variants: Sequence[str], table_tsv: str | Path,
-               spec_json: str | Path, folds_tsv: str | Path, cache_dir: str | Path,
-               out_dir: str | Path, n_steps: int = DEFAULT_STEPS, device: str | None = None,
-               tsne_seed: int = TSNE_SEED) -> pd.DataFrame:
-    """Fig. 3 of every variant and every fold of `folds_tsv` into `out_dir` (results/report):
-    `fig3_davies_bouldin.csv`, `fig3/{variant}_fold{k}.png`,
-    `fig3/{variant}_davies_bouldin.png`, `fig3/representations.csv`, `fig3/info.json`.
-    `device`: cpu | cuda | auto (None: `train.device`'s default). Returns the
-    Davies–Bouldin table."""
-    from mmfusion.cohort.folds import read_folds
-    from mmfusion.report import figures
-    from mmfusion.settings import section_defaults
-    from mmfusion.train.device import resolve_device
-
-    out = Path(out_dir)
-    dev = resolve_device(device or section_defaults("train")["device"])
-    folds = sorted(int(k) for k in read_folds(folds_tsv)["fold"].unique())
-    rows: list[dict] = []
+def build_fig3(variants: Sequence[str], folds: Sequence[int], out_dir: str | Path,
+               n_steps: int = DEFAULT_STEPS, tsne_seed: int = TSNE_SEED) -> pd.DataFrame:
+    """Fig. 3 of every variant and fold from the trajectory files under `out_dir`
+    (results/report; `trajectory_file`): `fig3_davies_bouldin.csv`,
+    `fig3/{variant}_fold{k}.png`, `fig3/{variant}_davies_bouldin.png`,
+    `fig3/representations.csv`, `fig3/info.json`. Returns the Davies–Bouldin table."""
     import sklearn
 
+    from mmfusion.report import figures
+
+    out = Path(out_dir)
+    rows: list[dict] = []
     parts, info = [], {"representation": REPRESENTATION, "tsne_random_state": tsne_seed,
                        "tsne_min_patients": MIN_TSNE, "scikit_learn": sklearn.__version__,
-                       "device": str(dev), "folds": []}
+                       "folds": []}
     for variant in variants:
         for fold in folds:
-            traj = fold_trajectory(models_dir, variant, fold, table_tsv, spec_json,
-                                   folds_tsv, cache_dir, dev)
+            path = trajectory_file(out, variant, fold)
+            if not path.is_file():
+                raise ConfigError(f"no reverse trajectories of {variant} fold {fold}",
+                                  path=str(path),
+                                  fix="run `mmfusion trajectory` (it computes them first)")
+            traj = FoldTrajectory.load(path)
             steps = select_steps(traj.timesteps, n_steps)
             fold_rows, table = analyse(traj, steps, tsne_seed)
             rows += fold_rows
@@ -267,6 +206,7 @@ def build_fig3(models_dir: str | Path, variants: Sequence[str], table_tsv: str |
                                   "timesteps": traj.timesteps, "n_samples": traj.n_samples,
                                   "sampling_seed": traj.seed,
                                   "n_patients": len(traj.labels),
+                                  "trajectories": str(path.relative_to(out)),
                                   "tsne_perplexity": (tsne_perplexity(len(traj.labels))
                                                       if len(traj.labels) >= MIN_TSNE
                                                       else None)})

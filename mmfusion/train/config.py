@@ -45,6 +45,9 @@ class TrainConfig:
     # platt | temperature | none: the map fitted on validation after training, the same for
     # every variant and baseline (mmfusion.train.recalibration)
     recalibration: str
+    # diffusion variants: independent noise draws, besides the scored one, that measure the
+    # Monte Carlo sd of each score (mmfusion.train.scoring; metrics.json monte_carlo)
+    mc_replicates: int
 
     def __post_init__(self) -> None:
         if self.amp is False:  # YAML 1.1 reads a bare `off` as false

@@ -23,12 +23,11 @@ from mmfusion.train.dataset import SplitData, open_patch_cache, select_rows
 from mmfusion.train.features import open_feature_cache
 from mmfusion.train.metrics import binary_metrics, json_safe, youden_threshold
 from mmfusion.train.recalibration import Recalibrator, fit_recalibrator
+from mmfusion.train.trained_fold import PREPROCESSOR_FILE, SCORING_FILE
 
 SPLITS = ("train", "val", "test")
 
 
-PREPROCESSOR_FILE = "preprocessor.json"  # the fitted FoldPreprocessor (to_dict), per fold
-SCORING_FILE = "scoring.json"  # threshold, recalibration, settings: what scoring needs
 PREDICTION_COLUMNS = ["patient_id", "fold", "variant", "probability", "uncertainty", "label",
                       "probability_raw"]
 BASELINE_FILE = "baseline.npz"  # a baseline's fitted parameters (np.savez, no pickle)
@@ -110,7 +109,8 @@ def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarr
                       fold: int, variant: str, probability: np.ndarray,
                       uncertainty: np.ndarray, probability_raw: np.ndarray) -> None:
     """`predictions.csv` / `val_predictions.csv` of a fold (PREDICTION_COLUMNS):
-    `probability` recalibrated (the one scored), `probability_raw` the model's own."""
+    `probability` recalibrated (the one scored), `probability_raw` the model's own; 8
+    decimals, as `mmfusion predict` writes a fold's probabilities."""
     import csv
 
     from mmfusion.io import atomic_path
@@ -121,8 +121,8 @@ def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarr
         for row in zip(patient_ids, probability, uncertainty, labels, probability_raw,
                        strict=True):
             pid, p, u, y, raw = row
-            writer.writerow([pid, fold, variant, f"{p:.6f}", f"{u:.6f}", int(y),
-                             f"{raw:.6f}"])
+            writer.writerow([pid, fold, variant, f"{p:.8f}", f"{u:.8f}", int(y),
+                             f"{raw:.8f}"])
 
 
 def run_baseline_fold(name: str, table_tsv: str | Path, spec_json: str | Path,

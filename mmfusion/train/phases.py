@@ -38,6 +38,13 @@ from mmfusion.train.config import TrainConfig
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
 from mmfusion.train.device import Precision
 from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
+from mmfusion.train.recalibration import Recalibrator, fit_recalibrator
+from mmfusion.train.scoring import (
+    SplitScores,
+    monte_carlo_sd,
+    monte_carlo_summary,
+    score_split,
+)
 
 CHECKPOINT_VERSION = 1
 
@@ -97,23 +104,13 @@ def _save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-@torch.no_grad()
 def predict_split(model: MMFusionModel, split: SplitData, batch_size: int,
                   device: torch.device, seed: int, precision: Precision | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and uncertainty `(N,)` for every patient of `split` (eval mode); the
-    backbones under `precision`'s autocast when given."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)  # same diffusion noise every evaluation
-    precision = precision or Precision()
-    probs, uncs = [], []
-    for batch in split.batches(batch_size, device):
-        p, u = model.predict(precision.image_maps(model, batch), generator=gen)
-        probs.append(p.float().cpu().numpy())
-        uncs.append(u.float().cpu().numpy())
-    if not probs:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(probs), np.concatenate(uncs)
+    """Probability and uncertainty `(N,)` for every patient of `split`: `score_split`'s
+    (the one scoring function; its noise depends on `seed` and the patient only)."""
+    scores = score_split(model, split, batch_size, device, seed, precision)
+    return scores.probability, scores.uncertainty
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -274,13 +271,31 @@ def record_epoch(run: RunState, epoch: int, stats: EpochStats, val_auc: float,
     return row
 
 
+def monte_carlo_error(run: RunState, scores: Mapping[str, SplitScores],
+                      recal: Recalibrator) -> dict[str, Any]:
+    """The Monte Carlo error of the fold's diffusion scores: per split, the spread of each
+    patient's recalibrated (and raw) probability over the scored noise draw and
+    `train.mc_replicates` independent ones (`mmfusion.train.scoring`), summarised over
+    patients."""
+    out: dict[str, Any] = {"n_samples": run.model_cfg.n_samples,
+                           "replicates": run.cfg.mc_replicates,
+                           "what": "sd of a patient's probability over independent noise "
+                                   "draws (the scored one + replicates)"}
+    for name, s in scores.items():
+        assert s.replicates is not None
+        out[name] = monte_carlo_summary(monte_carlo_sd(s.probability, s.replicates,
+                                                       recal.apply))
+        out[f"{name}_raw"] = monte_carlo_summary(monte_carlo_sd(s.probability,
+                                                                s.replicates))
+    return out
+
+
 def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]:
     """Load the chosen checkpoint (fit the temperature on validation for the `difference`
     probability), fit the recalibration (`train.recalibration`) and pick the threshold on
     validation, score test once; write the predictions (recalibrated and raw) and
     `metrics.json`. Returns the metrics."""
     from mmfusion.train.fold import write_predictions, write_scoring
-    from mmfusion.train.recalibration import fit_recalibrator
 
     cfg, model, out, device = run.cfg, run.model, run.out, run.device
     variant, val, test = run.model_cfg.variant, splits["val"], splits["test"]
@@ -288,30 +303,35 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
     model.load_state_dict(chosen["model"])
     temperature = None
     if run.uses_diffusion and run.model_cfg.probability == "difference" and len(val):
-        model.eval()
-        gen_t = torch.Generator().manual_seed(cfg.seed)
-        samples = torch.cat([model.diffusion_samples(run.precision.image_maps(model, b),
-                                                     generator=gen_t)
-                             for b in val.batches(cfg.batch_size, device)])
-        temperature = model.cfd.fit_temperature(samples, torch.from_numpy(val.labels))
+        samples = score_split(model, val, cfg.batch_size, device, cfg.seed,
+                              run.precision).samples
+        assert samples is not None
+        temperature = model.cfd.fit_temperature(torch.from_numpy(samples),
+                                                torch.from_numpy(val.labels))
         chosen["model"] = model.state_dict()
         _save(chosen, out / "model.pt")
-    val_raw, val_u = predict_split(model, val, cfg.batch_size, device, cfg.seed,
-                                   run.precision)
+    replicates = cfg.mc_replicates if run.uses_diffusion else 0
+    val_scores = score_split(model, val, cfg.batch_size, device, cfg.seed, run.precision,
+                             replicates=replicates)
+    val_raw, val_u = val_scores.probability, val_scores.uncertainty
     recal = fit_recalibrator(val_raw, val.labels, cfg.recalibration)  # validation only
     val_p = recal.apply(val_raw)
     threshold = youden_threshold(val.labels, val_p)
     write_predictions(out / "val_predictions.csv", val.patient_ids, val.labels, run.fold,
                       variant, val_p, val_u, val_raw)
-    test_raw, test_u = predict_split(model, test, cfg.batch_size, device, cfg.seed,
-                                     run.precision)
+    test_scores = score_split(model, test, cfg.batch_size, device, cfg.seed, run.precision,
+                              replicates=replicates)
+    test_raw, test_u = test_scores.probability, test_scores.uncertainty
     test_p = recal.apply(test_raw)
     write_predictions(out / "predictions.csv", test.patient_ids, test.labels, run.fold,
                       variant, test_p, test_u, test_raw)
+    monte_carlo = (monte_carlo_error(run, {"val": val_scores, "test": test_scores}, recal)
+                   if replicates else None)
     metrics = {
         "variant": variant, "fold": run.fold, "best_epoch": run.best_epoch,
         "threshold": threshold, "temperature": temperature,
         "recalibration": recal.to_dict(),
+        "monte_carlo": monte_carlo,
         "test": binary_metrics(test.labels, test_p, threshold),
         "val": binary_metrics(val.labels, val_p, threshold),
         "test_brier_raw": (float(np.mean((test_raw - test.labels) ** 2)) if len(test)
