@@ -63,9 +63,12 @@ an empty cell is imputed as in training (the fold's training median/mean) and re
 - decision: {info['ensemble']['decision']} = **{info['decision_threshold']:.4f}**.
 
 Each fold model is applied with its own in-fold preprocessing (imputation, scaling,
-radiomics selection fitted on that fold's training rows). Diffusion sampling restarts
-from the same seed for every batch, so a patient's score does not depend on the other
-patients scored with it.
+radiomics selection fitted on that fold's training rows) and scored exactly as training
+scored the fold's own patients (`mmfusion.train.scoring`): the diffusion noise is drawn
+once from the fold's seed and shared by every patient (common random numbers, in
+antithetic pairs), so a patient's score does not depend on its batch or on the other
+patients scored with it, and a fold model gives its own test patients the probabilities
+in its `predictions.csv`.
 
 | fold | threshold (validation, Youden) | temperature |
 |---|---|---|
