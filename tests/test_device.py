@@ -1,4 +1,5 @@
-"""Device resolution (`mmfusion.train.device`): torch CUDA yes/no x DGL CUDA yes/no."""
+"""Device resolution (`mmfusion.train.device`): torch CUDA yes/no x DGL CUDA yes/no x
+`model.graph_backend` (DGL's build matters only for `dgl`)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,16 @@ def fake(monkeypatch, torch_cuda: bool, dgl_cuda: bool, hardware: bool = False) 
     monkeypatch.setattr(dev, "_gpu_hardware_present", lambda: hardware or torch_cuda)
 
 
-@pytest.mark.parametrize("torch_cuda,dgl_cuda", [(True, True), (True, False), (False, True),
-                                                 (False, False)])
-def test_auto(monkeypatch, caplog, torch_cuda, dgl_cuda):
+CASES = [(True, True), (True, False), (False, True), (False, False)]
+
+
+@pytest.mark.parametrize("torch_cuda,dgl_cuda", CASES)
+def test_auto_with_dgl_graphs(monkeypatch, caplog, torch_cuda, dgl_cuda):
+    """`graph_backend: dgl`: the GPU only when DGL can use it too."""
     fake(monkeypatch, torch_cuda, dgl_cuda)
     with caplog.at_level(logging.INFO, logger="mmfusion.train.device"):
-        first = dev.resolve_device("auto")
-        assert dev.resolve_device("auto") == first  # resolved again: no second line
+        first = dev.resolve_device("auto", "dgl")
+        assert dev.resolve_device("auto", "dgl") == first  # resolved again: no second line
     lines = [(r.levelno, r.getMessage()) for r in caplog.records]
     if torch_cuda and dgl_cuda:
         assert first == torch.device("cuda") and lines == []
@@ -53,9 +57,23 @@ def test_auto(monkeypatch, caplog, torch_cuda, dgl_cuda):
         assert level == logging.WARNING
         assert f"training on the CPU because {DGL_WHY}" in text
         assert "pip install dgl -f https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html" in text
-        assert "envs/train.yaml" in text
+        assert "envs/train.yaml" in text and "model.graph_backend: auto" in text
     else:  # no GPU at all: say so, quietly
         assert level == logging.INFO and "sees no GPU" in text
+
+
+@pytest.mark.parametrize("graph_backend", ["auto", "torch"])
+@pytest.mark.parametrize("torch_cuda,dgl_cuda", CASES)
+def test_auto_uses_the_gpu_whatever_dgls_build(monkeypatch, caplog, torch_cuda, dgl_cuda,
+                                               graph_backend):
+    """With `auto` or `torch` graphs the GPU is used whenever torch sees one (the graph layer
+    then runs in torch where DGL cannot: tests/test_graph_backend_choice.py)."""
+    fake(monkeypatch, torch_cuda, dgl_cuda)
+    with caplog.at_level(logging.INFO, logger="mmfusion.train.device"):
+        device = dev.resolve_device("auto", graph_backend)
+    assert device == torch.device("cuda" if torch_cuda else "cpu")
+    assert len(caplog.records) == (0 if torch_cuda else 1)
+    assert dev.resolve_device("auto") == device  # auto is the default graph backend
 
 
 def test_auto_warns_when_a_gpu_is_there_but_torch_is_cpu_only(monkeypatch, caplog):
@@ -68,21 +86,26 @@ def test_auto_warns_when_a_gpu_is_there_but_torch_is_cpu_only(monkeypatch, caplo
     assert "download.pytorch.org/whl/cu121" in record.message
 
 
-@pytest.mark.parametrize("torch_cuda,dgl_cuda", [(True, True), (True, False), (False, True),
-                                                 (False, False)])
+@pytest.mark.parametrize("torch_cuda,dgl_cuda", CASES)
 def test_explicit_cuda(monkeypatch, torch_cuda, dgl_cuda):
     fake(monkeypatch, torch_cuda, dgl_cuda)
-    if torch_cuda and dgl_cuda:
+    if torch_cuda:  # never refused because of DGL's build, unless DGL must run the graph
         assert dev.resolve_device("cuda") == torch.device("cuda")
+        assert dev.resolve_device("cuda", "torch") == torch.device("cuda")
+    if torch_cuda and dgl_cuda:
+        assert dev.resolve_device("cuda", "dgl") == torch.device("cuda")
         return
     with pytest.raises(ConfigError, match="train.device is cuda but ") as err:
-        dev.resolve_device("cuda")
+        dev.resolve_device("cuda", "dgl")
     text = str(err.value)
     assert "\n" not in text and text.startswith("train.device is cuda but ")
     if torch_cuda:
         assert DGL_WHY in text and "data.dgl.ai/wheels/torch-2.2/cu121" in text
+        assert "model.graph_backend: auto" in text
     else:
         assert "sees no GPU" in text and "download.pytorch.org/whl/cu121" in text
+        with pytest.raises(ConfigError, match="sees no GPU"):
+            dev.resolve_device("cuda", "torch")
     assert "set train.device: auto" in text
 
 

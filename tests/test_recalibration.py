@@ -200,8 +200,8 @@ def _bundle(out: Path, variant: str, spec: Path):
                   spec=json.loads(spec.read_text()), versions={}, folds=[fold])
 
 
-def _predict_matches_fold(root: Path, out: Path, variant: str, device: str | None = None
-                          ) -> None:
+def _predict_matches_fold(root: Path, out: Path, variant: str, device: str | None = None,
+                          graph_backend: str | None = None) -> None:
     """`mmfusion predict`'s scoring (`ensemble.score`) of the fold's own validation and
     test patients, in reverse order, gives the fold's recalibrated (and raw) probabilities
     to 1e-6 (8 decimals are written)."""
@@ -216,7 +216,7 @@ def _predict_matches_fold(root: Path, out: Path, variant: str, device: str | Non
         fold_pred = fold_pred.iloc[::-1].reset_index(drop=True)  # another order
         frame = cohort.set_index("patient_id").loc[fold_pred["patient_id"]].reset_index()
         scores = score(bundle, frame, [root / "patients" / p for p in frame["patient_id"]],
-                       device)
+                       device, graph_backend)
         np.testing.assert_allclose(scores.fold_probability_raw[0],
                                    fold_pred["probability_raw"], rtol=0, atol=1e-6,
                                    err_msg=name)
@@ -309,6 +309,9 @@ def test_deep_fold_is_recalibrated_and_predict_reproduces_it(tmp_path, variant):
     # 12 validation and 12 test patients: 3 batches of at most 5 each, scored again in
     # reverse order (other batches) by predict
     _predict_matches_fold(tmp_path, out, variant, "cpu")
+    if variant == "mmfusion":  # trained with DGL's GATConv, scored by the torch backend
+        assert metrics["graph_backend"] == "dgl"
+        _predict_matches_fold(tmp_path, out, variant, "cpu", graph_backend="torch")
 
 
 def test_the_train_setting_reaches_baselines_through_the_cli(tmp_path, capsys):

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   "bundles of one training run can share it")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="device of the deep models (default: train.device of the schema)")
+    p.add_argument("--graph-backend", choices=("auto", "dgl", "torch"), default=None,
+                   help="what runs HGA's graph layer (default: the training run's "
+                        "model.graph_backend; torch needs no DGL and gives the same scores)")
     p.add_argument("--prepare-only", action="store_true",
                    help="only prepare the images into --work (shared by several bundles)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     summary = predict(args.bundle, args.dicom, args.clinical, args.out,
                       hematology=args.hematology, work=args.work,
                       workers=max(1, args.workers), progress=not args.no_progress,
-                      device=args.device, prepare_only=args.prepare_only)
+                      device=args.device, prepare_only=args.prepare_only,
+                      graph_backend=args.graph_backend)
     if args.prepare_only:
         print(f"predict: images prepared ({summary.n_excluded} patient(s) excluded)")
     else:

@@ -135,7 +135,7 @@ def run_fold(args: argparse.Namespace) -> int:
         model_cfg = _model_config(args.model_settings, args.variant)
         train_cfg = TrainConfig.from_config(train_section)
         # device, GPU and amp problems end the job here, before any data is read
-        precision_for(train_cfg.amp, select_device(train_cfg.device))
+        precision_for(train_cfg.amp, select_device(train_cfg.device, model_cfg.graph_backend))
         if model_cfg.freeze_backbone or args.features:
             _check_features(args.features, args.cache, model_cfg, train_cfg.seed)
         elif not args.cache:

@@ -55,6 +55,7 @@ from torch import nn
 
 from mmfusion.model.backbone import ResNet3D, load_medicalnet
 from mmfusion.model.cfd import CFD
+from mmfusion.model.graph_backend import GRAPH_BACKENDS, resolve_graph_backend
 from mmfusion.model.hga import HGA
 from mmfusion.model.mmrl import MMRL, masked_mean
 from mmfusion.model.variants import ABLATION_OVERRIDES, VARIANTS
@@ -108,9 +109,12 @@ class ModelConfig:
     node_count: bool  # append the 3 node-present flags (node count) to the node image
     # train on cached maps of a fixed (pretrained) backbone (mmfusion/train/features.py)
     freeze_backbone: bool
+    # auto | dgl | torch: what runs HGA's graph layer (mmfusion/model/graph_backend.py)
+    graph_backend: str
 
     def __post_init__(self) -> None:
         check_choice("model variant", self.variant, list(VARIANTS))
+        check_choice("model.graph_backend", self.graph_backend, GRAPH_BACKENDS)
         check_choice("model.diffusion_conditioning", self.diffusion_conditioning,
                      DIFFUSION_CONDITIONING)
 
@@ -169,11 +173,17 @@ class MMFusionModel(nn.Module):
         cfg: model hyper-parameters, `cfg.variant` picks the components.
         tabular_widths: group -> width of the preprocessed tabular arrays (groups of
             width 0 are left out).
+        device: where the model will run; decides `model.graph_backend: auto`
+            (`mmfusion.model.graph_backend`; default: the CPU). `graph_backend` then says
+            which backend HGA uses and `graph_backend_reason` why (None without HGA).
     """
 
-    def __init__(self, cfg: ModelConfig, tabular_widths: Mapping[str, int]) -> None:
+    def __init__(self, cfg: ModelConfig, tabular_widths: Mapping[str, int],
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.graph_backend: str | None = None
+        self.graph_backend_reason = "no graph (variant without HGA)"
         self.use_mmrl, self.use_hga, self.use_cfd = cfg.switches
         self.tabular_widths = {k: int(v) for k, v in tabular_widths.items() if int(v) > 0}
         kinds = ("shared",) if cfg.shared_backbone else ("tumour", *NODE_KEYS)
@@ -196,8 +206,11 @@ class MMFusionModel(nn.Module):
         if self.use_hga:
             widths = {"tumour_image": self.image_dim, "node_image": self.node_dim,
                       **self.tabular_widths}
+            device_type = torch.device(device).type if device is not None else "cpu"
+            self.graph_backend, self.graph_backend_reason = resolve_graph_backend(
+                cfg.graph_backend, device_type)
             self.hga = HGA(widths, cfg.hga_dim, cfg.hga_out, cfg.gat_heads, cfg.dropout,
-                           conv=cfg.graph_conv)
+                           conv=cfg.graph_conv, backend=self.graph_backend)
             self.feature_dim = self.hga.out_dim
         else:
             self.feature_dim = (self.image_dim + self.node_dim

@@ -119,23 +119,29 @@ def _deep(fold: FoldModel, model, frame: pd.DataFrame, folders: Sequence[Path],
 
 
 def score(bundle: Bundle, frame: pd.DataFrame, folders: Sequence[Path],
-          device_name: str | None = None) -> Scores:
+          device_name: str | None = None, graph_backend: str | None = None) -> Scores:
     """Score the patients of `frame` (one row each, cohort-table columns; `folders`: their
-    prepared folders, same order) with every fold of `bundle` and combine them."""
+    prepared folders, same order) with every fold of `bundle` and combine them.
+    `graph_backend` overrides the training run's `model.graph_backend`."""
     per_fold: list[np.ndarray] = []
     fold_p: list[np.ndarray] = []
     fold_raw: list[np.ndarray] = []
-    deep = any(f.kind == "deep" for f in bundle.folds)
+    deep = [f for f in bundle.folds if f.kind == "deep"]
     device = None
     if deep:
         from mmfusion.settings import section_defaults
         from mmfusion.train.device import describe_device, resolve_device
 
-        device = resolve_device(device_name or section_defaults("train")["device"])
+        device = resolve_device(device_name or section_defaults("train")["device"],
+                                deep[0].graph_backend(graph_backend))
         log.info("scoring on %s", describe_device(device))
     for fold in bundle.folds:
         if fold.kind == "deep":
-            raw, per_sample = _deep(fold, build_model(fold, device), frame, folders, device)
+            model = build_model(fold, device, graph_backend)
+            if model.graph_backend is not None:
+                log.info("%s fold %d: graph backend %s (%s)", bundle.variant, fold.fold,
+                         model.graph_backend, model.graph_backend_reason)
+            raw, per_sample = _deep(fold, model, frame, folders, device)
         else:
             raw = _baseline(fold, frame)
             per_sample = raw[:, None]

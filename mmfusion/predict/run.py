@@ -135,13 +135,15 @@ def _write_outputs(out: Path, frame: pd.DataFrame, scores, warnings: list[str],
 def predict(bundle_dir: str | Path, dicom_root: str | Path, clinical: str | Path,
             out: str | Path, hematology: str | Path | None = None, *,
             work: str | Path | None = None, workers: int = 1, progress: bool = True,
-            device: str | None = None, prepare_only: bool = False) -> PredictSummary:
+            device: str | None = None, prepare_only: bool = False,
+            graph_backend: str | None = None) -> PredictSummary:
     """Score the new patients of `dicom_root` + tables with the bundle; see module doc.
 
     Writes `out/predictions.csv`, `exclusions.tsv`, `fold_probabilities.csv`,
     `features.tsv`, `predict_info.json`; the prepared images go to `work` (default
     `out/work`). `prepare_only`: stop after preparing the images (shared by several
-    bundles of one training run).
+    bundles of one training run). `graph_backend`: auto | dgl | torch in place of the
+    training run's `model.graph_backend` (the same scores to float precision).
 
     Raises:
         ConfigError: a bundle that fails its checksums or does not fit the new data.
@@ -169,7 +171,8 @@ def predict(bundle_dir: str | Path, dicom_root: str | Path, clinical: str | Path
             import torch
 
             torch.set_num_threads(workers)
-        scores = score(bundle, frame, [work / "patients" / p for p in ok], device)
+        scores = score(bundle, frame, [work / "patients" / p for p in ok], device,
+                       graph_backend)
         warnings = _qc_warnings(bundle, tables, frame, outcomes)
     else:  # nobody to score: the exclusions still say why
         log.warning("no patient could be scored; the reasons are in %s",

@@ -1,13 +1,14 @@
 """The training device and its numeric precision, decided once per process.
 
-`resolve_device(train.device)` picks the device: `cpu`; `cuda`, which needs both a CUDA
-build of torch that sees a GPU and a CUDA build of DGL (the HGA's graph attention runs in
-DGL; PyPI's `dgl` wheels are CPU-only and fail with "Device API cuda is not enabled" on
-the first graph moved to the GPU), else a `ConfigError` before any training; or `auto`:
-CUDA when both are there, else the CPU with one log line saying why (a warning when a GPU
-is present but unusable, with the fix). `select_device` adds the choice of one free GPU
-per process (`mmfusion.train.gpu_lock`). `describe_device` is the line every training and
-feature-cache log starts with.
+`resolve_device(train.device, model.graph_backend)` picks the device: `cpu`; `cuda`, which
+needs a CUDA build of torch that sees a GPU, and with `graph_backend: dgl` also a CUDA build
+of DGL (PyPI's `dgl` wheels are CPU-only and fail with "Device API cuda is not enabled" on
+the first graph moved to the GPU; with `auto` or `torch` HGA's graph layer then runs in
+plain torch on the GPU, `mmfusion.model.graph_backend`), else a `ConfigError` before any
+training; or `auto`: CUDA when it can, else the CPU with one log line saying why (a
+warning when a GPU is present but unusable, with the fix). `select_device` adds the
+choice of one free GPU per process (`mmfusion.train.gpu_lock`). `describe_device` is the
+line every training and feature-cache log starts with.
 
 DGL's CUDA build is detected without touching the GPU: a CUDA build registers the global
 function `device_api.cuda` in `libdgl`, a CPU build does not (this is the very lookup that
@@ -26,7 +27,6 @@ is float32-only.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mmfusion.errors import ConfigError
+from mmfusion.model.graph_backend import dgl_cuda_status, dgl_status
 from mmfusion.settings import check_choice
 
 if TYPE_CHECKING:
@@ -64,32 +65,8 @@ def _log_once(level: int, message: str) -> None:
 
 
 def _dgl_version() -> str:
-    try:
-        import dgl
-    except Exception as err:  # noqa: BLE001 - any import failure means "no usable DGL"
-        return f"not importable ({type(err).__name__})"
-    return str(dgl.__version__)
-
-
-@functools.lru_cache(maxsize=1)
-def dgl_cuda_status() -> tuple[bool, str]:
-    """(whether DGL can run on CUDA, why not). Cheap: no graph moves, no CUDA context."""
-    try:
-        import dgl
-        from dgl._ffi.function import get_global_func
-        from dgl._ffi.runtime_ctypes import DGLContext
-    except Exception as err:  # noqa: BLE001
-        return False, f"DGL cannot be imported ({type(err).__name__}: {err})"
-    if get_global_func("device_api.cuda", allow_missing=True) is None:
-        return False, f"the installed DGL {dgl.__version__} is a CPU-only build"
-    try:
-        visible = bool(DGLContext(2, 0).exist)  # 2 = kDGLCUDA
-    except Exception as err:  # noqa: BLE001
-        return False, f"DGL {dgl.__version__} (CUDA build) fails to query the GPU: {err}"
-    if not visible:
-        return False, (f"DGL {dgl.__version__} is a CUDA build but sees no GPU (its CUDA "
-                       "runtime may not match the driver or torch's CUDA)")
-    return True, ""
+    ok, version = dgl_status()
+    return version if ok else f"not importable ({version.split(':')[0]})"
 
 
 def _gpu_hardware_present() -> bool:
@@ -112,20 +89,24 @@ def _visible_env() -> str:
     return "unset" if value is None else repr(value)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`train.device` -> the device: `cpu`, `cuda` (or `ConfigError`), `auto` (CUDA when
-    torch and DGL can both use it, else the CPU with one log line saying why).
+def resolve_device(name: str, graph_backend: str = "auto") -> torch.device:
+    """`train.device` -> the device: `cpu`; `cuda` (or `ConfigError`); `auto` (CUDA when
+    torch can use it, else the CPU with one log line saying why). DGL's build matters only
+    for `model.graph_backend: dgl`: with `auto` or `torch` the graph layer runs in torch on
+    the GPU where DGL cannot (`mmfusion.model.graph_backend`).
 
     Raises:
-        ConfigError: `cuda` without a CUDA torch that sees a GPU or without a CUDA DGL.
+        ConfigError: `cuda` without a CUDA torch that sees a GPU, or with `graph_backend:
+            dgl` and no CUDA DGL.
     """
     check_choice("train.device", name, DEVICES)
     if name == "cpu":
         return torch.device("cpu")
     torch_ok, why = torch_cuda_status()
     if torch_ok:
-        dgl_ok, why = dgl_cuda_status()
-        fix = DGL_CUDA_FIX
+        dgl_ok, why = dgl_cuda_status() if graph_backend == "dgl" else (True, "")
+        fix = (f"{DGL_CUDA_FIX}, or set model.graph_backend: auto (the graph layer in torch "
+               "on the GPU)")
     else:
         dgl_ok, fix = False, TORCH_CUDA_FIX
     if torch_ok and dgl_ok:
@@ -141,11 +122,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def select_device(name: str, **lock_options: object) -> torch.device:
+def select_device(name: str, graph_backend: str = "auto",
+                  **lock_options: object) -> torch.device:
     """`resolve_device`, then for CUDA one free GPU for this process (held until it exits:
     `mmfusion.train.gpu_lock.acquire_gpu`, which takes `lock_options`), made the current
     CUDA device. Calling it again in the same process returns the same device."""
-    device = resolve_device(name)
+    device = resolve_device(name, graph_backend)
     if device.type != "cuda":
         return device
     from mmfusion.train.gpu_lock import acquire_gpu

@@ -83,14 +83,16 @@ def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Sp
     if uses_diffusion and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"train.warmup_epochs ({cfg.warmup_epochs}) leaves no joint "
                           f"epoch of {cfg.epochs}", fix="lower train.warmup_epochs")
-    device = device or select_device(cfg.device)
+    device = device or select_device(cfg.device, model_cfg.graph_backend)
     precision = precision_for(cfg.amp, device)
     log.info("%s; amp %s", describe_device(device), precision.mode)
     widths = {g: int(a.shape[1]) for g, a in splits["train"].tables.items()}
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = MMFusionModel(model_cfg, widths).to(device)
+    model = MMFusionModel(model_cfg, widths, device=device).to(device)
+    if model.graph_backend is not None:
+        log.info("graph backend %s (%s)", model.graph_backend, model.graph_backend_reason)
     frozen = _freeze_backbone(model, cfg, splits, features, device)
     # foreach: one multi-tensor update instead of a Python loop over parameters (CPU too)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],

@@ -337,6 +337,7 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
         "test_brier_raw": (float(np.mean((test_raw - test.labels) ** 2)) if len(test)
                            else math.nan),
         "n_train": len(splits["train"]), "device": str(device),
+        "graph_backend": model.graph_backend, "graph_backend_reason": model.graph_backend_reason,
         "mean_epoch_seconds": float(np.mean([r["epoch_seconds"] for r in run.log])),
         "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in run.log])),
         "settings": run.settings,

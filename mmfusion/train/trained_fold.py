@@ -60,6 +60,11 @@ class FoldModel:
     def batch_size(self) -> int:
         return int(self.scoring["batch_size"])
 
+    def graph_backend(self, override: str | None = None) -> str:
+        """`model.graph_backend` to score with: `override`, else the training run's (older
+        records: `auto`)."""
+        return override or str(self.scoring.get("model", {}).get("graph_backend", "auto"))
+
 
 def load_fold_model(folder: str | Path, variant: str, fold: int) -> FoldModel:
     """The records of `variant` fold `fold` in `folder` (checked to be that fold's)."""
@@ -86,10 +91,11 @@ def fold_tables(fold: FoldModel, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return arrays
 
 
-def build_model(fold: FoldModel, device):  # -> MMFusionModel
-    """The fold's deep model from its settings and weights (`weights_only=True`), on
-    `device`, in eval mode. `model.pretrained` is not read again: the weights hold the
-    backbone."""
+def build_model(fold: FoldModel, device, graph_backend: str | None = None):
+    """The fold's deep model (an `MMFusionModel`) from its settings and weights
+    (`weights_only=True`), on `device`, in eval mode. `model.pretrained` is not read again:
+    the weights hold the backbone. `graph_backend` overrides the training run's
+    `model.graph_backend` (both backends load the same weights)."""
     import torch
 
     from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
@@ -97,8 +103,10 @@ def build_model(fold: FoldModel, device):  # -> MMFusionModel
     if fold.kind != "deep":
         raise ConfigError(f"fold {fold.fold} is a {fold.kind} model, not a deep one",
                           path=str(fold.folder))
-    settings = {**fold.scoring["model"], "pretrained": "", "freeze_backbone": False}
-    model = MMFusionModel(ModelConfig(**settings), fold.scoring["tabular_widths"])
+    settings = {**fold.scoring["model"], "pretrained": "", "freeze_backbone": False,
+                "graph_backend": fold.graph_backend(graph_backend)}
+    model = MMFusionModel(ModelConfig(**settings), fold.scoring["tabular_widths"],
+                          device=device)
     state = torch.load(fold.folder / fold.scoring["weights"], map_location=device,
                        weights_only=True)
     model.load_state_dict(state["model"])

@@ -81,8 +81,11 @@ def compute_trajectories(models_dir: str | Path, variants: Sequence[str],
     from mmfusion.settings import section_defaults
     from mmfusion.train.device import resolve_device
 
-    dev = resolve_device(device or section_defaults("train")["device"])
     folds = sorted(int(k) for k in read_folds(folds_tsv)["fold"].unique())
+    backends = {load_fold_model(Path(models_dir) / v / f"fold{k}", v, k).graph_backend()
+                for v in variants for k in folds}
+    dev = resolve_device(device or section_defaults("train")["device"],
+                         "dgl" if "dgl" in backends else "auto")
     written = []
     for variant in variants:
         for fold in folds:
