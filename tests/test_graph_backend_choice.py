@@ -4,6 +4,7 @@ DGL does not import at all."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from tests.test_train_loop import TINY, split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WIDTHS = {"clinical": 4, "hematology": 3, "radiomics_tumour": 5, "radiomics_node": 2}
+needs_dgl = pytest.mark.skipif(importlib.util.find_spec("dgl") is None,
+                               reason="DGL is not installed (torch route)")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +36,9 @@ def _no_dgl(monkeypatch) -> None:
 
 def test_explicit_choices(monkeypatch) -> None:
     assert gb.resolve_graph_backend("torch", "cuda")[0] == "torch"
-    assert gb.resolve_graph_backend("dgl", "cpu")[0] == "dgl"
+    monkeypatch.setattr(gb, "dgl_status", lambda: (True, "2.1.0"))
+    assert gb.resolve_graph_backend("dgl", "cpu") == ("dgl", "model.graph_backend: dgl "
+                                                             "(DGL 2.1.0)")
     _no_dgl(monkeypatch)
     assert gb.resolve_graph_backend("torch")[0] == "torch"
     with pytest.raises(ConfigError, match="graph_backend is dgl but DGL does not import") \
@@ -45,6 +50,7 @@ def test_explicit_choices(monkeypatch) -> None:
 
 
 def test_auto_prefers_dgl_where_it_runs(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(gb, "dgl_status", lambda: (True, "2.1.0"))
     with caplog.at_level(logging.INFO, logger="mmfusion.model.graph_backend"):
         backend, why = gb.resolve_graph_backend("auto", "cpu")
     assert backend == "dgl" and "imports and runs on cpu" in why
@@ -69,6 +75,7 @@ def _model(variant: str, backend: str) -> MMFusionModel:
     return MMFusionModel(cfg, WIDTHS)
 
 
+@needs_dgl
 @pytest.mark.parametrize("variant", ["mmfusion", "mmfusion_gcn", "base3"])
 def test_the_whole_model_is_the_same_on_both_backends(variant: str) -> None:
     """A DGL model's state dict loads into a torch-backend model (same keys) and gives the

@@ -1,19 +1,27 @@
-"""HGA: the DGL GAT equals a dense computation of eq. 1; batched == per-patient."""
+"""HGA: the GAT layer (DGL's and the torch backend's) equals a dense computation of eq. 1;
+batched == per-patient."""
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mmfusion.model.hga import HGA, complete_graph
 
+HAVE_DGL = importlib.util.find_spec("dgl") is not None
+BACKENDS = ["torch", *(["dgl"] if HAVE_DGL else [])]
+needs_dgl = pytest.mark.skipif(not HAVE_DGL, reason="DGL is not installed (torch route)")
+
 WIDTHS = {"tumour_image": 6, "node_image": 6, "clinical": 5, "hematology": 4,
           "radiomics_tumour": 7, "radiomics_node": 3}
 
 
-def make(heads: int = 1) -> HGA:
+def make(heads: int = 1, backend: str = "dgl") -> HGA:
     torch.manual_seed(0)
-    return HGA(WIDTHS, dim=8, out_dim=8, heads=heads).eval()
+    return HGA(WIDTHS, dim=8, out_dim=8, heads=heads, backend=backend).eval()
 
 
 def batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -36,6 +44,7 @@ def dense_eq1(hga: HGA, vertices: torch.Tensor) -> torch.Tensor:
     return F.elu(agg).reshape(b, -1)
 
 
+@needs_dgl
 def test_complete_graph_with_self_loops():
     g = complete_graph(4)
     assert g.num_edges() == 16
@@ -44,9 +53,10 @@ def test_complete_graph_with_self_loops():
     assert pairs == {(i, j) for i in range(4) for j in range(4)}
 
 
-def test_gat_equals_dense_eq1():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gat_equals_dense_eq1(backend):
     for heads in (1, 2):
-        hga = make(heads)
+        hga = make(heads, backend)
         with torch.no_grad():  # non-trivial attention parameters
             hga.gat.attn_l.normal_()
             hga.gat.attn_r.normal_()
@@ -56,8 +66,9 @@ def test_gat_equals_dense_eq1():
         assert torch.allclose(hga(x), dense_eq1(hga, vertices), atol=1e-5)
 
 
-def test_batched_equals_per_patient():
-    hga = make(2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_equals_per_patient(backend):
+    hga = make(2, backend)
     x = batch(6, seed=1)
     together = hga(x)
     single = torch.cat([hga({k: t[i : i + 1] for k, t in x.items()}) for i in range(6)])
@@ -65,6 +76,7 @@ def test_batched_equals_per_patient():
     assert torch.allclose(together, single, atol=1e-6)
 
 
+@needs_dgl
 def test_batched_graph_is_cached_and_backward_runs():
     hga = make().train()
     g1 = hga.batched_graph(4, torch.device("cpu"))

@@ -111,3 +111,21 @@ def test_run_and_cli(tmp_path):
     table0 = pd.read_csv(d0 / "radiomics.tsv", sep="\t")
     assert list(table0.columns) == list(row) == list(table.columns)
     assert table0.filter(like="gtvn_original").isna().all(axis=None)
+
+
+def test_feature_values_come_back_real(caplog) -> None:
+    """numpy 2 gives PyRadiomics' shape features as complex numbers with zero imaginary
+    part: kept as their real value; a real imaginary part is NaN with a warning."""
+    import logging
+    import math
+
+    import numpy as np
+
+    from mmfusion.features.radiomics import feature_value
+
+    assert feature_value("a", np.float64(2.5)) == 2.5
+    assert feature_value("shape_Elongation", np.complex128(0.9574851 + 0j)) == 0.9574851
+    assert feature_value("b", np.array(3 + 0j)) == 3.0
+    with caplog.at_level(logging.WARNING, logger="mmfusion.features.radiomics"):
+        assert math.isnan(feature_value("shape_Flatness", np.complex128(0.5 + 0.2j)))
+    assert "shape_Flatness is complex" in caplog.text

@@ -224,14 +224,14 @@ def validate_table(
     for col, levels in spec.categorical.items():
         s = cells(col)
         known = {cell_text(v): v for v in levels}
-        mapped = s.map(lambda v, k=known: v if pd.isna(v) else k.get(cell_text(v), "\0"))
-        bad = mapped == "\0"
+        # a boolean mask, not a sentinel string: pandas 3's string dtype compares "\0" as ""
+        bad = s.map(lambda v, k=known: not pd.isna(v) and cell_text(v) not in k).astype(bool)
         if bad.any():
             pid = s.index[bad][0]
             raise TableError(f"column {col}: unknown category {s[pid]!r} (levels {list(levels)})",
                              patient=pid, path=path,
                              fix=f"add it to tables.*.categorical.{col} or correct the table")
-        out[col] = mapped
+        out[col] = s.map(lambda v, k=known: v if pd.isna(v) else k[cell_text(v)])
     ignored = [c for c in raw.columns if c not in need]
     if ignored:
         log.info("%s: ignoring undeclared column(s) %s", path, ignored)

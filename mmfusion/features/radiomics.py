@@ -146,7 +146,7 @@ class Extractor:
             if key.startswith("diagnostics_"):
                 diag[key] = _jsonable(value)
             else:
-                feats[key] = float(value)
+                feats[key] = feature_value(key, value)
         return feats, diag
 
 
@@ -201,6 +201,20 @@ def ibsi_resample(
                       sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     roi = sitk.Cast(m >= 0.5, sitk.sitkUInt8) * label
     return img, sitk.Cast(roi, sitk.sitkUInt8)
+
+
+def feature_value(key: str, value: Any) -> float:
+    """A PyRadiomics feature as a float. With numpy 2, PyRadiomics' shape features (axis
+    lengths, elongation, flatness: square roots of covariance eigenvalues) come back as
+    complex numbers with a zero imaginary part; that part is dropped. A feature with a real
+    imaginary part is NaN, with a warning (never silently its real part)."""
+    if np.iscomplexobj(value):
+        z = complex(np.asarray(value).item())
+        if abs(z.imag) > 1e-9 * max(1.0, abs(z.real)):
+            log.warning("radiomics feature %s is complex (%r): recorded as NaN", key, z)
+            return math.nan
+        return float(z.real)
+    return float(value)
 
 
 def _jsonable(value: Any) -> Any:
