@@ -1,5 +1,9 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3
+# The interpreter: PYTHON=... or the first of python3.11, python3.12 (the DGL route:
+# torch 2.2.1 + dgl 2.1.0), python3.13 (the torch route: newest torch, no DGL; pyproject.toml)
+# on PATH that runs (a pyenv shim of a version not selected does not).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell python$(v) -c 'import sys' >/dev/null 2>&1 && echo python$(v))) $(shell python3 -c 'import sys; print("python3" if (3, 11) <= sys.version_info[:2] <= (3, 13) else "")' 2>/dev/null))
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= $(shell nproc)
@@ -16,6 +20,9 @@ help:
 	@echo "make bench-ablation - every variant on 5 synthetic cohorts (~1.5 h)"
 
 $(BIN)/python:
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "mmfusion needs Python 3.11, 3.12 or 3.13 and found none (python3.11, python3.12, python3.13 or python3 on PATH): install one (e.g. apt install python3.11-venv, pyenv install 3.11, conda create -n mmf python=3.11) or give its path: make PYTHON=/path/to/python3.11 ..."; exit 1; fi
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 11) <= v <= (3, 13); ok or print(f"$(PYTHON) is Python {v[0]}.{v[1]}; mmfusion needs 3.11, 3.12 or 3.13 (make PYTHON=/path/to/python3.11 ...)"); sys.exit(0 if ok else 1)'
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall when the dependency list changes; `pip install -e` keeps code edits live.

@@ -10,6 +10,7 @@ bundles score 40 new patients: the AUC that shows a bundle predicts well above c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -277,6 +278,11 @@ def test_predict_reproduces_the_workflows_scores_of_training_patients(run: Path,
     patients = [f"ESO-{i:04d}" for i in range(1, N_PATIENTS + 1)]
     dicom = _subset(cohort, patients, tmp_path / "dicom")
     folds_tsv = pd.read_csv(results / "cohort" / "folds.tsv", sep="\t")
+    # graph_backend auto: DGL where it is installed (DGL route), the torch layers where not
+    metrics = json.loads((results / "models" / "mmfusion" / "fold0" / "metrics.json")
+                         .read_text())
+    have_dgl = importlib.util.find_spec("dgl") is not None
+    assert metrics["graph_backend"] == ("dgl" if have_dgl else "torch")
     for variant in VARIANTS:
         _predict(results / "bundle" / variant, dicom, cohort, tmp_path / variant,
                  work=tmp_path / "work")
