@@ -170,3 +170,21 @@ def test_cuda_batches_come_from_pinned_memory_without_blocking(monkeypatch):
     calls.clear()
     data.batch(np.arange(4), CPU)
     assert calls == [((CPU,), {})] * len(cpu)  # the CPU path: no pinning, plain .to
+
+
+def test_a_fold_is_scored_at_the_precision_it_was_fitted_at(monkeypatch, tmp_path):
+    """scoring.json records the training precision; predict and Fig. 3 take it from there
+    (`FoldModel.precision`): off on the CPU, the fold's own mode on a GPU."""
+    from mmfusion.train.trained_fold import FoldModel
+
+    fold = FoldModel(0, tmp_path, {"amp": "bf16"}, {})
+    assert fold.amp == "bf16" and fold.precision(CPU) == Precision()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert fold.precision(torch.device("cuda")) == Precision("bf16", "cuda")
+    assert FoldModel(0, tmp_path, {}, {}).precision(torch.device("cuda")) == Precision()
+    cfg = config(epochs=2, warmup_epochs=1, amp="bf16")
+    fit_fold(ModelConfig(variant="mmfusion", **TINY), cfg, splits(), tmp_path / "run")
+    import json
+
+    scoring = json.loads((tmp_path / "run" / "scoring.json").read_text())
+    assert scoring["amp"] == "off"  # bf16 asked, the CPU trained in float32: off recorded

@@ -110,7 +110,8 @@ def _deep(fold: FoldModel, model, frame: pd.DataFrame, folders: Sequence[Path],
         split = SplitData([str(frame["patient_id"].iloc[i]) for i in rows], patches, present,
                           {g: a[rows] for g, a in tables.items()},
                           np.zeros(len(rows), np.int64), np.arange(len(rows)))
-        scores = score_split(model, split, fold.batch_size, device, fold.seed)
+        scores = score_split(model, split, fold.batch_size, device, fold.seed,
+                             fold.precision(device))
         probability.append(scores.probability)
         per_sample.append(scores.sample_probability)
     if not probability:

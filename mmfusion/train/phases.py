@@ -337,7 +337,9 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
         "test_brier_raw": (float(np.mean((test_raw - test.labels) ** 2)) if len(test)
                            else math.nan),
         "n_train": len(splits["train"]), "device": str(device),
+        # the graph layer runs where the model runs: DGL only where it can (graph_backend)
         "graph_backend": model.graph_backend, "graph_backend_reason": model.graph_backend_reason,
+        "graph_device": str(device) if model.graph_backend is not None else None,
         "mean_epoch_seconds": float(np.mean([r["epoch_seconds"] for r in run.log])),
         "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in run.log])),
         "settings": run.settings,
@@ -349,6 +351,8 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
                         "recalibration": recal.to_dict(),
                         "best_epoch": run.best_epoch, "weights": "model.pt",
                         "seed": cfg.seed, "batch_size": cfg.batch_size,
+                        # the precision its threshold and calibration were fitted at
+                        "amp": run.precision.mode,
                         "model": run.settings["model"],
                         "tabular_widths": run.settings["tabular_widths"]})
     return metrics

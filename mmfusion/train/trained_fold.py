@@ -60,6 +60,19 @@ class FoldModel:
     def batch_size(self) -> int:
         return int(self.scoring["batch_size"])
 
+    @property
+    def amp(self) -> str:
+        """The precision the fold's scores (and so its threshold, temperature and
+        recalibration) were computed at: `off`, `bf16` or `fp16` (older records: `off`)."""
+        return str(self.scoring.get("amp", "off"))
+
+    def precision(self, device):  # -> mmfusion.train.device.Precision
+        """The fold's precision on `device` (`precision_for`: off on the CPU), so that
+        predict and Fig. 3 score at the precision the fold was fitted at."""
+        from mmfusion.train.device import precision_for
+
+        return precision_for(self.amp, device)
+
     def graph_backend(self, override: str | None = None) -> str:
         """`model.graph_backend` to score with: `override`, else the training run's (older
         records: `auto`)."""

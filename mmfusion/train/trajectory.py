@@ -64,7 +64,7 @@ def fold_trajectory(models_dir: str | Path, variant: str, fold: int, table_tsv: 
                           fix="pass mmfusion or a Table 3 ablation (mmfusion_*)")
     split = load_test_split(fold_model, table_tsv, spec_json, folds_tsv, cache_dir)
     scores = score_split(model, split, fold_model.batch_size, device, fold_model.seed,
-                         trajectory=True)
+                         fold_model.precision(device), trajectory=True)
     assert scores.trajectory is not None
     return FoldTrajectory(variant, fold, split.patient_ids, split.labels, scores.trajectory,
                           scores.probability, fold_model.seed, int(model.cfg.n_samples))
