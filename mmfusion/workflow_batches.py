@@ -10,14 +10,30 @@ with `convert=5` ran as one 12-patient job instead of three (measured with the l
 tests/test_slurm.py), and on a real cohort every batch grows until the stage is one job.
 The replacement below builds each batch as its own (cached, never mutated) group object, so
 regrouping gives the same batches every time. Everything else is Snakemake's own code path.
+
+It replaces a private method, so it is installed only when it is needed and safe: when the
+run uses `group-components` (never on a plain local run), and only on a Snakemake whose
+method is, line for line, the one it was written against (`VERIFIED_SOURCES`, by the
+sha256 of its source); on any other Snakemake one warning says so and the batching is
+Snakemake's own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
 from collections import defaultdict
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 PATCHED = "_mmfusion_batches_fix"
+# sha256 of the source of `snakemake.dag.DAG._update_group_components` -> the Snakemake
+# release it was read from; the fix below was written and tested against these
+VERIFIED_SOURCES = {
+    "7025e72ba0282c87ca9a6e77a659721ea54456c8e58b19a45c2d3596cc9c3ae4": "9.27.1",
+}
 
 
 def _update_group_components(self: Any) -> None:
@@ -47,18 +63,41 @@ def _update_group_components(self: Any) -> None:
         group.finalize()
 
 
-def install_group_components_fix() -> bool:
-    """Replace `DAG._update_group_components` once per process. Returns False (and
-    changes nothing) when this Snakemake does not have the method this fix replaces: its
-    batching is then Snakemake's own, and tests/test_workflow_batches.py says so."""
+def source_digest(method: Any) -> str | None:
+    """sha256 of a method's source text (None when it cannot be read)."""
+    try:
+        return hashlib.sha256(inspect.getsource(method).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def install_group_components_fix(in_use: bool = True) -> bool:
+    """Replace `DAG._update_group_components` once per process, when `in_use` (the run asks
+    for group-components) and this Snakemake's method is one the fix was verified against.
+    Returns whether the fix is in place; otherwise nothing is changed (one warning when it
+    was needed but this Snakemake is not a verified one)."""
+    if not in_use:
+        return False
     import snakemake.api  # noqa: F401  (the import order snakemake itself uses)
     from snakemake.dag import DAG
 
     original = getattr(DAG, "_update_group_components", None)
     if original is None or not hasattr(DAG, "update_groups"):
+        log.warning("this Snakemake has no DAG._update_group_components: batch jobs of "
+                    "the per-patient stages are Snakemake's own")
         return False
     if getattr(original, PATCHED, False):
         return True
+    if source_digest(original) not in VERIFIED_SOURCES:
+        from importlib.metadata import version
+
+        log.warning("Snakemake %s's DAG._update_group_components is not the one mmfusion's "
+                    "batching fix was verified against (Snakemake %s): batch jobs of the "
+                    "per-patient stages are Snakemake's own and may grow at every "
+                    "regrouping; pin snakemake==%s for the fix",
+                    version("snakemake"), ", ".join(VERIFIED_SOURCES.values()),
+                    list(VERIFIED_SOURCES.values())[-1])
+        return False
     setattr(_update_group_components, PATCHED, True)
     DAG._update_group_components = _update_group_components
     return True

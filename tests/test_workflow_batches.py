@@ -12,7 +12,13 @@ import pytest
 import snakemake.api  # noqa: F401  (the import order snakemake itself uses)
 from snakemake.dag import DAG
 
-from mmfusion.workflow_batches import _update_group_components, install_group_components_fix
+from mmfusion import workflow_batches
+from mmfusion.workflow_batches import (
+    VERIFIED_SOURCES,
+    _update_group_components,
+    install_group_components_fix,
+    source_digest,
+)
 
 ORIGINAL = DAG._update_group_components  # Snakemake's own, before the fix is installed
 
@@ -109,7 +115,29 @@ def test_snakemakes_own_batching_re_merges_on_regrouping() -> None:
     assert [len(b) for b in _regroup(dag, ORIGINAL)] == [12]
 
 
-def test_the_fix_installs_on_this_snakemake() -> None:
+def test_snakemakes_method_is_the_one_the_fix_was_written_against() -> None:
+    """Fails when the installed Snakemake's method changed: then re-read it, re-run
+    tests/test_slurm.py, and record its digest in VERIFIED_SOURCES (or drop the fix)."""
+    from importlib.metadata import version
+
+    digest = source_digest(ORIGINAL)
+    assert digest in VERIFIED_SOURCES, (version("snakemake"), digest)
+
+
+def test_the_fix_is_left_out_when_not_needed_or_not_verified(monkeypatch, caplog) -> None:
+    assert install_group_components_fix(in_use=False) is False
+    assert DAG._update_group_components is ORIGINAL or getattr(
+        DAG._update_group_components, workflow_batches.PATCHED, False)
+    monkeypatch.setattr(DAG, "_update_group_components", ORIGINAL)
+    monkeypatch.setattr(workflow_batches, "VERIFIED_SOURCES", {"0" * 64: "9.0.0"})
+    with caplog.at_level("WARNING", logger="mmfusion.workflow_batches"):
+        assert install_group_components_fix() is False
+    assert DAG._update_group_components is ORIGINAL  # unchanged: Snakemake's own
+    assert "is not the one mmfusion's batching fix was verified against" in caplog.text
+
+
+def test_the_fix_installs_on_this_snakemake(monkeypatch) -> None:
+    monkeypatch.setattr(DAG, "_update_group_components", ORIGINAL)
     assert install_group_components_fix() is True
     assert DAG._update_group_components is _update_group_components
     assert install_group_components_fix() is True  # idempotent
