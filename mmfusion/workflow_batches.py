@@ -11,11 +11,13 @@ tests/test_slurm.py), and on a real cohort every batch grows until the stage is 
 The replacement below builds each batch as its own (cached, never mutated) group object, so
 regrouping gives the same batches every time. Everything else is Snakemake's own code path.
 
-It replaces a private method, so it is installed only when it is needed and safe: when the
-run uses `group-components` (never on a plain local run), and only on a Snakemake whose
-method is, line for line, the one it was written against (`VERIFIED_SOURCES`, by the
-sha256 of its source); on any other Snakemake one warning says so and the batching is
-Snakemake's own.
+It replaces a private method, so it acts only where it is needed and safe: only on a
+Snakemake whose method is, line for line, the one it was written against
+(`VERIFIED_SOURCES`, by the sha256 of its source; on any other Snakemake one warning says
+so and the batching is Snakemake's own), and only in a run that uses `group-components`:
+otherwise it calls Snakemake's own method (a plain local run takes Snakemake's code path).
+The group components are not known yet when the Snakefile is parsed, so this is decided
+when the DAG groups its jobs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PATCHED = "_mmfusion_batches_fix"
+_ORIGINAL: list[Any] = []  # Snakemake's own method, once the fix is installed
 # sha256 of the source of `snakemake.dag.DAG._update_group_components` -> the Snakemake
 # release it was read from; the fix below was written and tested against these
 VERIFIED_SOURCES = {
@@ -38,8 +41,12 @@ VERIFIED_SOURCES = {
 
 def _update_group_components(self: Any) -> None:
     """`DAG._update_group_components` without in-place merges: chunks of at most
-    `group-components` connected components per group id become one new group object."""
+    `group-components` connected components per group id become one new group object.
+    Without group components: Snakemake's own method."""
     from snakemake.common import group_into_chunks
+
+    if not self.workflow.group_settings.group_components and _ORIGINAL:
+        return _ORIGINAL[0](self)
 
     groups_by_id: dict[str, list[Any]] = defaultdict(list)
     for group in dict.fromkeys(self._group.values()):  # unique, in a stable order
@@ -71,13 +78,10 @@ def source_digest(method: Any) -> str | None:
         return None
 
 
-def install_group_components_fix(in_use: bool = True) -> bool:
-    """Replace `DAG._update_group_components` once per process, when `in_use` (the run asks
-    for group-components) and this Snakemake's method is one the fix was verified against.
-    Returns whether the fix is in place; otherwise nothing is changed (one warning when it
-    was needed but this Snakemake is not a verified one)."""
-    if not in_use:
-        return False
+def install_group_components_fix() -> bool:
+    """Replace `DAG._update_group_components` once per process when this Snakemake's method
+    is one the fix was verified against. Returns whether the fix is in place; otherwise
+    nothing is changed and one warning says why."""
     import snakemake.api  # noqa: F401  (the import order snakemake itself uses)
     from snakemake.dag import DAG
 
@@ -99,5 +103,6 @@ def install_group_components_fix(in_use: bool = True) -> bool:
                     list(VERIFIED_SOURCES.values())[-1])
         return False
     setattr(_update_group_components, PATCHED, True)
+    _ORIGINAL[:] = [original]
     DAG._update_group_components = _update_group_components
     return True

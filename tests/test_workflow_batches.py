@@ -124,16 +124,28 @@ def test_snakemakes_method_is_the_one_the_fix_was_written_against() -> None:
     assert digest in VERIFIED_SOURCES, (version("snakemake"), digest)
 
 
-def test_the_fix_is_left_out_when_not_needed_or_not_verified(monkeypatch, caplog) -> None:
-    assert install_group_components_fix(in_use=False) is False
-    assert DAG._update_group_components is ORIGINAL or getattr(
-        DAG._update_group_components, workflow_batches.PATCHED, False)
+def test_the_fix_is_left_out_on_an_unverified_snakemake(monkeypatch, caplog) -> None:
     monkeypatch.setattr(DAG, "_update_group_components", ORIGINAL)
     monkeypatch.setattr(workflow_batches, "VERIFIED_SOURCES", {"0" * 64: "9.0.0"})
     with caplog.at_level("WARNING", logger="mmfusion.workflow_batches"):
         assert install_group_components_fix() is False
     assert DAG._update_group_components is ORIGINAL  # unchanged: Snakemake's own
     assert "is not the one mmfusion's batching fix was verified against" in caplog.text
+
+
+def test_without_group_components_snakemakes_own_method_runs(monkeypatch) -> None:
+    """A run without group-components (a plain local run) takes Snakemake's code path."""
+    monkeypatch.setattr(DAG, "_update_group_components", ORIGINAL)
+    assert install_group_components_fix() is True
+    calls = []
+    monkeypatch.setattr(workflow_batches, "_ORIGINAL", [lambda dag: calls.append(dag)])
+    dag = _dag(4, 2)
+    dag.workflow.group_settings.group_components = {}
+    _update_group_components(dag)
+    assert calls == [dag]
+    dag.workflow.group_settings.group_components = {"convert": 2}
+    _update_group_components(dag)
+    assert calls == [dag]  # with group components: the fix's own batches
 
 
 def test_the_fix_installs_on_this_snakemake(monkeypatch) -> None:

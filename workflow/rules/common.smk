@@ -73,8 +73,8 @@ RES = RuleResources.from_config(config)
 
 # Cluster batch jobs of the per-patient stages (`group:` + a profile's group-components):
 # Snakemake 9 re-merges its batches at every regrouping; mmfusion/workflow_batches.py fixes
-# it, installed only when group-components are in use and on a verified Snakemake.
-install_group_components_fix(bool(workflow.group_settings.group_components))
+# it, on a verified Snakemake, and only in runs that use group-components.
+install_group_components_fix()
 
 # ---- train inputs
 DEEP_VARIANTS, BASELINE_VARIANTS = split_variants(config["model"]["variants"])
