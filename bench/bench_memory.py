@@ -3,7 +3,7 @@
 Writes one synthetic patient at 512 x 512 x 300 (0.8 mm pixels, 2 mm slices: a typical
 planning CT), then runs `mmfusion convert`, `crop` and `radiomics` on it as the workflow
 does, each in its own process, and reports wall time and peak resident memory (os.wait4).
-The rules' `mem_mb` (mmfusion/workflow_resources.py) are set from these figures with
+The rules' `mem_mb` (mmfusion/workflow/resources.py) are set from these figures with
 headroom. Crop and radiomics run with the schema's defaults (the paper's 1 mm patches).
 
     python bench/bench_memory.py [--matrix 512] [--slices 300] [--repeats 1]

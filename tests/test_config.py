@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -312,10 +313,13 @@ def test_no_module_over_400_lines() -> None:
 
 
 def test_workflow_reads_torch_free_modules_only() -> None:
-    """common.smk imports the package while Snakemake parses (in the user's Snakemake env,
-    which need not carry torch): those modules must not import torch or DGL."""
+    """The rule files (common.smk, ...) import the package while Snakemake parses (in the
+    user's Snakemake env, which need not carry torch): those modules must not import torch
+    or DGL."""
     graph, seen = import_graph(), set()
-    todo = ["mmfusion.workflow_inputs", "mmfusion.settings"]
+    rules = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    todo = sorted(set(re.findall(r"^from (mmfusion[\w.]*) import", rules, re.M)))
+    assert "mmfusion.workflow.inputs" in todo, todo
     while todo:
         m = todo.pop()
         if m not in seen:

@@ -1,4 +1,4 @@
-"""Cluster batch jobs of the per-patient stages (mmfusion/workflow_batches.py): regrouping the
+"""Cluster batch jobs of the per-patient stages (mmfusion/workflow/batches.py): regrouping the
 DAG, as Snakemake does after every checkpoint and finished job, must give the same batches of
 at most `group-components` patients. Run on stand-ins for Snakemake's DAG and group objects
 that cache like `snakemake.jobs.GroupJobFactory`; the real thing under SLURM is
@@ -12,8 +12,8 @@ import pytest
 import snakemake.api  # noqa: F401  (the import order snakemake itself uses)
 from snakemake.dag import DAG
 
-from mmfusion import workflow_batches
-from mmfusion.workflow_batches import (
+from mmfusion.workflow import batches as workflow_batches
+from mmfusion.workflow.batches import (
     VERIFIED_SOURCES,
     _update_group_components,
     install_group_components_fix,
@@ -109,7 +109,7 @@ def test_batch_sizes_edge_cases(n_jobs: int, per_batch: int, sizes: list[int]) -
 def test_snakemakes_own_batching_re_merges_on_regrouping() -> None:
     """Why the fix exists: with Snakemake's method the second regrouping merges the batches
     again (12 patients, 5 per batch: one job of 12). When this fails, Snakemake has fixed
-    it, and mmfusion/workflow_batches.py can go."""
+    it, and mmfusion/workflow/batches.py can go."""
     dag = _dag(12, 5)
     assert sorted(len(b) for b in _regroup(dag, ORIGINAL)) == [2, 5, 5]
     assert [len(b) for b in _regroup(dag, ORIGINAL)] == [12]
@@ -127,7 +127,7 @@ def test_snakemakes_method_is_the_one_the_fix_was_written_against() -> None:
 def test_the_fix_is_left_out_on_an_unverified_snakemake(monkeypatch, caplog) -> None:
     monkeypatch.setattr(DAG, "_update_group_components", ORIGINAL)
     monkeypatch.setattr(workflow_batches, "VERIFIED_SOURCES", {"0" * 64: "9.0.0"})
-    with caplog.at_level("WARNING", logger="mmfusion.workflow_batches"):
+    with caplog.at_level("WARNING", logger="mmfusion.workflow.batches"):
         assert install_group_components_fix() is False
     assert DAG._update_group_components is ORIGINAL  # unchanged: Snakemake's own
     assert "is not the one mmfusion's batching fix was verified against" in caplog.text

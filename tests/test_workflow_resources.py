@@ -1,5 +1,5 @@
 """Resource requests of the rules: every job declares mem_mb and runtime, GPUs follow the
-config, and the estimates scale with the work (mmfusion/workflow_resources.py)."""
+config, and the estimates scale with the work (mmfusion/workflow/resources.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from mmfusion.model.variants import BASELINES, VARIANTS
 from mmfusion.settings import resolve_config
-from mmfusion.workflow_resources import RuleResources, cohort_size, gpus_per_job
+from mmfusion.workflow.resources import RuleResources, cohort_size, gpus_per_job
 from tests.test_workflow import REPO, _snakemake
 
 DEMO = resolve_config(yaml.safe_load((REPO / "config.yaml").read_text()))

@@ -3,7 +3,7 @@
 # every stage, the feature spec, software versions and a sha256 manifest; and, when
 # `external.dicom_root` is set, a second cohort scored by those bundles (`mmfusion predict`)
 # with an external validation report where it has labels.
-# Resources: stand-ins from RES until mmfusion/workflow_resources.py lists these rules.
+# Resources: stand-ins from RES until mmfusion/workflow/resources.py lists these rules.
 from mmfusion.errors import ConfigError
 from mmfusion.predict.settings import ExternalSettings
 

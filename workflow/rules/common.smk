@@ -1,5 +1,5 @@
 # Config validation, wildcard constraints and every input function of the rule files
-# (built once here from mmfusion/workflow_inputs.py). No rules here.
+# (built once here from mmfusion/workflow/inputs.py). No rules here.
 import shlex
 import sys
 from pathlib import Path
@@ -25,9 +25,9 @@ shell.prefix(
 
 from mmfusion.dicom.rois import compile_roi_regex
 from mmfusion.settings import write_resolved_config
-from mmfusion.workflow_resources import RuleResources
-from mmfusion.workflow_batches import install_group_components_fix
-from mmfusion.workflow_inputs import (
+from mmfusion.workflow.resources import RuleResources
+from mmfusion.workflow.batches import install_group_components_fix
+from mmfusion.workflow.inputs import (
     BASELINE_PATTERN,
     DEEP_VARIANT_PATTERN,
     CohortInputs,
@@ -72,7 +72,7 @@ HEMATOLOGY_OPTION = option("--hematology", HEMATOLOGY)
 RES = RuleResources.from_config(config)
 
 # Cluster batch jobs of the per-patient stages (`group:` + a profile's group-components):
-# Snakemake 9 re-merges its batches at every regrouping; mmfusion/workflow_batches.py fixes
+# Snakemake 9 re-merges its batches at every regrouping; mmfusion/workflow/batches.py fixes
 # it, on a verified Snakemake, and only in runs that use group-components.
 install_group_components_fix()
 

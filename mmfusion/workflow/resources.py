@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfusion.model.variants import VARIANTS
-from mmfusion.workflow_inputs import CohortInputs
+from mmfusion.workflow.inputs import CohortInputs
 
 # Seconds per (patient x epoch) of a demo-shaped deep variant on one CPU thread
 # (ResNet-10, width 8, DEMO_VOXELS patch voxels per patient), measured on the demo's
