@@ -203,3 +203,65 @@ def oblique_grid(**kwargs) -> CTGrid:
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
     return CTGrid(row_dir=tuple(rot[:, 0]), col_dir=tuple(rot[:, 1]), **kwargs)
+
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def write_seg(path: str | Path, ct_paths: list[Path], masks: dict[str, np.ndarray], *,
+              fractional: bool = False, references: bool = True,
+              for_uid: str | None = None) -> Path:
+    """Write a DICOM-SEG with highdicom over the CT slices `ct_paths`.
+
+    masks: SegmentLabel -> (Z, Y, X) array in the grid's slice order (k ascending), bool
+    for BINARY, floats in [0, 1] for FRACTIONAL (stored as 0..255). references=False
+    drops ReferencedSeriesSequence and the per-frame source references, leaving only the
+    Frame of Reference to link by; `for_uid` overrides the SEG's FrameOfReferenceUID.
+    """
+    import highdicom as hd
+
+    sources = [pydicom.dcmread(p) for p in ct_paths]
+    for ds in sources:  # type-2 attributes highdicom copies that `write_ct` leaves out
+        for keyword in ("PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName",
+                        "StudyID", "AccessionNumber", "SeriesNumber"):
+            if keyword not in ds:
+                setattr(ds, keyword, None)
+    normal = np.cross(*(np.asarray(sources[0].ImageOrientationPatient, float).reshape(2, 3)))
+    sources.sort(key=lambda d: float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)))
+    pixels = np.stack(list(masks.values()), axis=-1)
+    pixels = pixels.astype(np.float32) if fractional else pixels.astype(bool)
+    category = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
+    kind = hd.sr.CodedConcept("108369006", "SCT", "Neoplasm")
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i, segment_label=label, segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for i, label in enumerate(masks, start=1)]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels,
+        segmentation_type="FRACTIONAL" if fractional else "BINARY",
+        segment_descriptions=descriptions, series_instance_uid=generate_uid(),
+        series_number=99, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="mmfusion tests", manufacturer_model_name="dicom_fixtures",
+        software_versions="0", device_serial_number="0")
+    if not references:
+        del seg.ReferencedSeriesSequence
+        for frame in seg.PerFrameFunctionalGroupsSequence:
+            if "DerivationImageSequence" in frame:
+                del frame.DerivationImageSequence
+    if for_uid:
+        seg.FrameOfReferenceUID = for_uid
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return path
+
+
+def sphere_mask(grid: CTGrid, centre_xy_mm, centre_k: float, radius: float) -> np.ndarray:
+    """(Z, Y, X) bool ball on the grid (voxel centres within `radius` mm)."""
+    n_z, n_y, n_x = grid.shape
+    k, y, x = np.meshgrid(np.arange(n_z), np.arange(n_y), np.arange(n_x), indexing="ij")
+    d2 = (((x * grid.spacing[0] - centre_xy_mm[0]) ** 2)
+          + ((y * grid.spacing[1] - centre_xy_mm[1]) ** 2)
+          + (((k - centre_k) * grid.spacing[2]) ** 2))
+    return d2 <= radius ** 2

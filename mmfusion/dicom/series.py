@@ -20,6 +20,7 @@ import numpy as np
 from mmfusion.errors import DicomError
 
 ORIENTATION_TOL = 1e-3  # cosine components equal within this (e.g. -1.2e-16 vs 0)
+UNIT_TOL = 1e-2  # |length - 1| of an orientation vector above this: refused (garbled value)
 POSITION_TOL_MM = 1e-2  # two slice positions closer than this are duplicates
 
 
@@ -52,13 +53,24 @@ class SliceGeometry:
 
 
 def orientation_of(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit row direction, column direction and normal from ImageOrientationPatient."""
+    """Unit row direction, column direction and normal from ImageOrientationPatient.
+
+    ValueError (one line) for NaN/infinite values, a zero vector, vectors that are not
+    unit length (within `UNIT_TOL`; rounding is renormalised) or not orthogonal."""
     values = np.asarray([float(v) for v in iop], dtype=np.float64)
     if values.shape != (6,):
         raise ValueError(f"ImageOrientationPatient must have 6 values, got {len(values)}")
+    if not np.isfinite(values).all():
+        raise ValueError("ImageOrientationPatient has NaN or infinite values")
     row, col = values[:3], values[3:]
-    row = row / np.linalg.norm(row)
-    col = col / np.linalg.norm(col)
+    norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+    if min(norms) < 1e-6:
+        raise ValueError("ImageOrientationPatient has a zero direction vector")
+    if max(abs(n - 1) for n in norms) > UNIT_TOL:
+        raise ValueError("ImageOrientationPatient direction vectors are not unit vectors"
+                         f" (lengths {norms[0]:.4g}, {norms[1]:.4g})")
+    row = row / norms[0]
+    col = col / norms[1]
     if abs(float(row @ col)) > ORIENTATION_TOL:
         raise ValueError("ImageOrientationPatient row and column directions are not orthogonal")
     return row, col, np.cross(row, col)
@@ -273,9 +285,12 @@ def _read_slice(path: str, patient: str | None) -> _Slice:
                 raise ValueError(f"SliceThickness {thickness}")
             uids = [str(getattr(ds, k, "") or "") for k in (
                 "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")]
+            orientation_of(numbers["ImageOrientationPatient"])  # zero, non-orthonormal
     except Exception as err:  # garbled values raise assorted errors (even NotImplementedError)
         raise DicomError(f"CT slice has an unreadable geometry or rescale value"
-                         f" ({_one_line(err)})", patient=patient, path=path) from None
+                         f" ({_one_line(err)})", patient=patient, path=path,
+                         fix="re-export the CT series (ImageOrientationPatient must be two"
+                         " orthonormal direction vectors)") from None
     return _Slice(
         path=path,
         position=numbers["ImagePositionPatient"],
