@@ -39,3 +39,8 @@ class DicomError(MMFusionError):
 
 class TableError(MMFusionError):
     """A clinical or hematology table is malformed."""
+
+
+class ImageError(MMFusionError):
+    """An image or mask file of the manifest route (NIfTI, NRRD, MetaImage, Slicer
+    segmentation, DICOM-SEG) cannot be used as it is."""

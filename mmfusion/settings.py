@@ -166,6 +166,11 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         filling(config_schema()).validate(resolved)
     except jsonschema.ValidationError as err:
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "anyOf" and err.context:  # e.g. cohort.dicom_root or .manifest
+            keys = sorted({".".join(str(p) for p in (*err.absolute_path, *sub.relative_path))
+                           for sub in err.context})
+            raise ConfigError(f"config key {where}: set one of {' or '.join(keys)}",
+                              fix=f"see {SCHEMA_PATH.name} for what each key holds") from err
         raise ConfigError(f"config key {where}: {err.message}",
                           fix=f"see {SCHEMA_PATH.name} for the allowed values") from err
     return resolved

@@ -50,6 +50,7 @@ class PreflightInputs:
     tumour_regex: str
     node_regex: str
     n_folds: int
+    manifest_index: str | Path | None = None  # manifest_index.tsv (the manifest route)
 
 
 def _index_patients(rows: list[dict]) -> tuple[dict[str, set[str]], dict[str, list[str]],
@@ -151,7 +152,8 @@ def check_linkage(inputs: PreflightInputs, all_ids: set[str], rois: dict[str, li
                                     "images but no row in the hematology table"))
     for pid in sorted(set(clin_ids) - all_ids):
         findings.append(Finding(WARNING, "no_images", pid,
-                                "in the clinical table but not in the DICOM index"))
+                                "in the clinical table but not in the DICOM index or the"
+                                " manifest"))
     for pid in sorted(set(clin_ids) & all_ids - set(rois)):
         findings.append(Finding(WARNING, "no_images", pid,
                                 "in the DICOM index but no CT series linked to an RTSTRUCT"))
@@ -177,15 +179,40 @@ def check_linkage(inputs: PreflightInputs, all_ids: set[str], rois: dict[str, li
     return findings
 
 
+def check_manifest(manifest: list[dict], dicom_patients: set[str]) -> list[Finding]:
+    """Manifest patients also in the DICOM archive (an error: which images would be used is
+    not ours to guess) and manifest patients whose files have problems (excluded later)."""
+    findings = []
+    for row in manifest:
+        if row["patient"] in dicom_patients:
+            findings.append(Finding(ERROR, "two_sources", row["patient"],
+                                    "in the manifest and in the DICOM archive: a patient "
+                                    "comes from one of them (remove its manifest row or its "
+                                    "DICOM files)"))
+        for problem in row["problems"]:
+            findings.append(Finding(WARNING, "manifest_file", row["patient"], problem))
+    return findings
+
+
 def run_preflight(inputs: PreflightInputs) -> list[Finding]:
     """Every finding, errors first within each kind's order of appearance."""
+    from mmfusion.images.manifest import read_manifest_index
+
     rows = read_index(inputs.index_tsv)
     originals, rois, all_ids = _index_patients(rows)
+    manifest = read_manifest_index(inputs.manifest_index) if inputs.manifest_index else []
     findings, clin, hema = check_tables(inputs)
-    findings += check_rois(inputs, rois)
+    findings += check_manifest(manifest, set(rois))
+    # segment names of manifest masks that are named segmentations are matched like ROIs
+    findings += check_rois(inputs, {**rois, **{r["patient"]: r["segment_names"]
+                                               for r in manifest if r["segment_names"]}})
+    for row in manifest:
+        originals[row["patient"]].add(row["patient_id"])
+        all_ids.add(row["patient"])
+    images = {**{r["patient"]: r["segment_names"] for r in manifest}, **rois}
     findings += check_ids(originals, clin, hema)
     if clin is not None:
-        findings += check_linkage(inputs, all_ids, rois, clin, hema)
+        findings += check_linkage(inputs, all_ids, images, clin, hema)
     return sorted(findings, key=lambda f: (f.severity != ERROR, f.kind, f.patient_id))
 
 

@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(listing the names present), too few patients of a class for the folds. "
                     "Writes every finding to --report; exits 1 when any is an error.")
     p.add_argument("--index", required=True, help="dicom_index.tsv")
+    p.add_argument("--manifest-index", help="manifest_index.tsv (patients of the manifest)")
     p.add_argument("--clinical", required=True, help="clinical table (CSV/TSV)")
     p.add_argument("--hematology", help="hematology table (CSV/TSV); omit when there is none")
     p.add_argument("--cohort-settings", default="{}", help="the `cohort` config section as JSON")
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         tumour, node = str(merged["tumour"]), str(merged["node"])
     findings = run_preflight(PreflightInputs(
         index_tsv=args.index, clinical=args.clinical, hematology=args.hematology,
-        tables=tables, tumour_regex=tumour, node_regex=node, n_folds=folds.n_folds))
+        tables=tables, tumour_regex=tumour, node_regex=node, n_folds=folds.n_folds,
+        manifest_index=args.manifest_index))
     write_text_atomic(args.report, findings_table(findings).to_csv(sep="\t", index=False))
     for line in summary_lines(findings):
         print(line)

@@ -3,6 +3,7 @@
 Two forms:
     mmfusion convert PATIENT_DICOM_DIR --out OUT_DIR [--tumour-roi REGEX] [--node-roi REGEX]
     mmfusion convert --index index.tsv --patient ID [--dicom-root DIR] --out OUT_DIR [...]
+    mmfusion convert --manifest-index manifest_index.tsv --patient ID --out OUT_DIR [...]
 The index lists files relative to the DICOM root and records the root relative to the
 index file's own folder; --dicom-root overrides that (the workflow passes cohort.dicom_root).
 With --status-out FILE a foreseeable refusal is recorded there ("excluded") and the exit
@@ -27,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("patient_dir", metavar="PATIENT_DICOM_DIR", nargs="?",
                         help="folder holding one patient's CT series and RTSTRUCT")
     parser.add_argument("--index", help="index TSV from `mmfusion index` (instead of a folder)")
-    parser.add_argument("--patient", help="patient (sanitised or raw PatientID) with --index")
+    parser.add_argument("--patient", help="patient (sanitised or raw PatientID) with --index"
+                        " or --manifest-index")
+    parser.add_argument("--manifest-index", help="manifest index TSV from `mmfusion index"
+                        " --manifest`: a patient listed there is converted from its NIfTI/NRRD/"
+                        "... image and masks (with --index too, patients of either)")
     parser.add_argument("--dicom-root", metavar="DIR",
                         help="with --index: the folder that was indexed (the index's files are"
                         " relative to it); default: the root the index records, relative to"
@@ -62,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from mmfusion.errors import ConfigError, MMFusionError
     from mmfusion.io import write_text_atomic
 
-    if bool(args.patient_dir) == bool(args.index):
-        raise SystemExit("mmfusion convert: give either PATIENT_DICOM_DIR or --index with"
-                         " --patient")
-    if args.index and not args.patient:
-        raise SystemExit("mmfusion convert: --index needs --patient")
+    indexed = bool(args.index or args.manifest_index)
+    if bool(args.patient_dir) == indexed:
+        raise SystemExit("mmfusion convert: give either PATIENT_DICOM_DIR or --index /"
+                         " --manifest-index with --patient")
+    if indexed and not args.patient:
+        raise SystemExit("mmfusion convert: --index / --manifest-index need --patient")
     if args.dicom_root and not args.index:
         raise SystemExit("mmfusion convert: --dicom-root goes with --index")
     rois = {k: v for k, v in (("tumour", args.tumour_roi), ("node", args.node_roi)) if v}
@@ -77,7 +83,14 @@ def run(args: argparse.Namespace) -> int:
     # a bad setting (e.g. an invalid ROI regex) is the user's config, not this patient's
     # data: it stops the job instead of excluding every patient
     settings = ConvertSettings.from_config(rois, convert)
+    manifest_row = _manifest_row(args.manifest_index, args.patient)
+    if manifest_row is None and args.manifest_index and not args.index:
+        raise SystemExit(f"mmfusion convert: patient {args.patient!r} is not in"
+                         f" {args.manifest_index}")
     try:
+        if manifest_row is not None:
+            summary = _convert_manifest(manifest_row, args, settings)
+            return _report(summary, args)
         if args.index:
             inputs = inputs_from_index(args.index, args.patient, settings, args.dicom_root)
         else:
@@ -94,6 +107,39 @@ def run(args: argparse.Namespace) -> int:
         status = {"patient_id": pid, "status": "excluded", "reason": str(err), "warnings": []}
         write_text_atomic(args.status_out, json.dumps(status, indent=2) + "\n")
         return 0
+    return _report(summary, args)
+
+
+def _manifest_row(manifest_index: str | None, patient: str | None) -> dict | None:
+    """The manifest index row of `patient` (sanitised or raw ID), or None."""
+    if not manifest_index:
+        return None
+    from mmfusion.images.manifest import read_manifest_index
+
+    rows = [r for r in read_manifest_index(manifest_index)
+            if patient in (r["patient"], r["patient_id"])]
+    return rows[0] if rows else None
+
+
+def _convert_manifest(row: dict, args: argparse.Namespace, settings) -> dict:
+    """Convert a manifest patient; a problem the index recorded is its refusal."""
+    from mmfusion.dicom.relpaths import relative_text
+    from mmfusion.errors import ImageError
+    from mmfusion.images.convert import convert_manifest_patient
+    from mmfusion.images.manifest import entry_from_row
+
+    if row["problems"]:
+        more = f" (and {len(row['problems']) - 1} more)" if len(row["problems"]) > 1 else ""
+        raise ImageError(relative_text(row["problems"][0], row["manifest_dir"]) + more,
+                         patient=row["patient_id"],
+                         fix="correct the manifest row or its files, then run again")
+    return convert_manifest_patient(entry_from_row(row), args.out, settings,
+                                    base=row["manifest_dir"])
+
+
+def _report(summary: dict, args: argparse.Namespace) -> int:
+    from mmfusion.io import write_text_atomic
+
     for warning in summary["warnings"]:
         log.warning("%s: %s", summary["patient_id"], warning)
     log.info("%s: GTV-T %d voxels (%.1f cm3), %d node(s) -> %s", summary["patient_id"],

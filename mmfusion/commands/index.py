@@ -1,4 +1,5 @@
-"""`mmfusion index DICOM_ROOT --out index.tsv`: crawl any layout, link RTSTRUCTs to CT series."""
+"""`mmfusion index [DICOM_ROOT] [--manifest M] --out index.tsv`: crawl any DICOM layout and
+link RTSTRUCTs to CT series; index a manifest of NIfTI/NRRD/... images and masks beside it."""
 
 from __future__ import annotations
 
@@ -20,8 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " name, birth date or other header text beyond PatientID, UIDs, geometry, ROI names"
         " and the structure set date is written.",
     )
-    parser.add_argument("dicom_root", metavar="DICOM_ROOT", help="folder to crawl")
+    parser.add_argument("dicom_root", metavar="DICOM_ROOT", nargs="?", default="",
+                        help="folder to crawl (none: the index lists no DICOM, e.g. a cohort"
+                        " given only by --manifest)")
     parser.add_argument("--out", required=True, help="index TSV to write")
+    parser.add_argument("--manifest", default="",
+                        help="CSV/TSV naming each patient's image and masks (README: \"Your"
+                        " images are not DICOM-RT\"); its patients are indexed into"
+                        " --manifest-out")
+    parser.add_argument("--manifest-out",
+                        help="manifest index TSV to write (default: manifest_index.tsv beside"
+                        " --out, when --manifest is given; written empty without --manifest)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="header-reading processes (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -31,9 +41,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmfusion.dicom.index import index_dicom
     from mmfusion.dicom.index_io import write_index
+    from mmfusion.images.manifest import index_manifest, write_manifest_index
 
-    rows = index_dicom(args.dicom_root, workers=args.workers, progress=not args.no_progress)
+    rows = (index_dicom(args.dicom_root, workers=args.workers, progress=not args.no_progress)
+            if args.dicom_root else [])
     write_index(rows, args.out)
+    manifest_out = args.manifest_out or (
+        os.path.join(os.path.dirname(args.out), "manifest_index.tsv") if args.manifest else "")
+    if manifest_out:
+        manifest_rows = index_manifest(args.manifest) if args.manifest else []
+        write_manifest_index(manifest_rows, manifest_out)
+        dicom_ids = {r["patient"] for r in rows
+                     if r["modality"] == "RTSTRUCT" and r["linked_series_uid"]}
+        log.info("manifest: %d patient(s), %d with problems -> %s", len(manifest_rows),
+                 sum(1 for r in manifest_rows if r["problems"]), manifest_out)
+        for row in manifest_rows:
+            for problem in row["problems"]:
+                log.warning("%s: %s", row["patient_id"], problem)
+            if row["patient"] in dicom_ids:
+                log.warning("%s: in the manifest and in the DICOM archive (preflight refuses"
+                            " this: a patient comes from one of them)", row["patient_id"])
     linked = {r["patient"] for r in rows if r["modality"] == "RTSTRUCT" and r["linked_series_uid"]}
     with_problems = sum(1 for r in rows if r["problems"])
     log.info("indexed %d rows: %d patient(s) with a CT linked to an RTSTRUCT; %d row(s) with"

@@ -22,9 +22,10 @@ class CohortInputs:
 
     results: str
     synthetic: bool
-    dicom_root: str
+    dicom_root: str  # "" = no DICOM archive (every patient from the manifest)
     clinical: str
     hematology: str  # "" = the cohort has no hematology table
+    manifest: str = ""  # "" = no manifest (every patient from the DICOM archive)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CohortInputs:
@@ -33,8 +34,8 @@ class CohortInputs:
             demo = f"{results}/demo_cohort"
             return cls(results, True, f"{demo}/dicom", f"{demo}/clinical.csv",
                        f"{demo}/hematology.csv")
-        return cls(results, False, str(cohort["dicom_root"]), str(cohort["clinical"]),
-                   str(cohort.get("hematology") or ""))
+        return cls(results, False, str(cohort.get("dicom_root") or ""), str(cohort["clinical"]),
+                   str(cohort.get("hematology") or ""), str(cohort.get("manifest") or ""))
 
     @property
     def demo_cohort(self) -> str:
@@ -45,7 +46,15 @@ class CohortInputs:
         the generated tree complete (the generated folder itself is no declared output)."""
         if self.synthetic:
             return {"marker": f"{self.demo_cohort}/manifest.json"}
-        return {"root": self.dicom_root}
+        inputs = {"root": self.dicom_root} if self.dicom_root else {}
+        return {**inputs, **({"manifest": self.manifest} if self.manifest else {})}
+
+    def index_arguments(self) -> str:
+        """The `mmfusion index` arguments naming the cohort's sources (shell-quoted)."""
+        parts = [shlex.quote(self.dicom_root)] if self.dicom_root else []
+        if self.manifest:
+            parts.append(f"--manifest {shlex.quote(self.manifest)}")
+        return " ".join(parts)
 
     def hematology_inputs(self) -> list[str]:
         return [self.hematology] if self.hematology else []
@@ -65,10 +74,13 @@ def status_path(results: str, patient: str) -> str:
 
 
 def indexed_patients(checkpoints: Any) -> list[str]:
-    """Sanitised IDs with a CT linked to an RTSTRUCT (waits for the index checkpoint)."""
+    """Sanitised IDs with a CT linked to its contours, and the manifest's patients (waits
+    for the index checkpoint)."""
     from mmfusion.dicom.index import patients_from_index
+    from mmfusion.images.manifest import patients_from_manifest_index
 
-    return patients_from_index(checkpoints.index_dicom.get().output[0])
+    output = checkpoints.index_dicom.get().output
+    return sorted({*patients_from_index(output[0]), *patients_from_manifest_index(output[1])})
 
 
 def converted_patients(checkpoints: Any) -> list[str]:

@@ -16,6 +16,7 @@ rule preflight:
         clinical=COHORT.clinical,
         hematology=HEMATOLOGY,
         index=f"{RESULTS}/dicom_index.tsv",
+        manifest=f"{RESULTS}/manifest_index.tsv",
     output:
         summary=f"{RESULTS}/qc/preflight_summary.json",
     params:
@@ -35,7 +36,8 @@ rule preflight:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion check --index {input.index:q} --clinical {input.clinical:q}"
+        "python -m mmfusion check --index {input.index:q} --manifest-index {input.manifest:q}"
+        " --clinical {input.clinical:q}"
         " {params.hematology} --cohort-settings {params.cohort:q}"
         " --tables-settings {params.tables:q} --rois-settings {params.rois:q}"
         " --folds-settings {params.folds:q} --report {log.report:q}"

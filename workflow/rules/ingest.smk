@@ -1,5 +1,6 @@
-# DICOM ingestion: index the archive (checkpoint: its patient list drives every
-# per-patient rule), then convert each patient's CT + RTSTRUCT to NIfTI volumes and masks.
+# Ingestion: index the DICOM archive and the manifest (checkpoint: its patient list drives
+# every per-patient rule), then convert each patient's CT + contours (RTSTRUCT or DICOM-SEG;
+# or the manifest's NIfTI/NRRD/... image and masks) to NIfTI volumes and masks.
 # A foreseeable refusal is recorded as status "excluded" in convert_status.json; the
 # summary checkpoint then tells downstream rules which patients converted.
 CONVERT_DIR = f"{RESULTS}/patients/{{patient}}"
@@ -10,8 +11,9 @@ checkpoint index_dicom:
         unpack(index_dicom_inputs),
     output:
         f"{RESULTS}/dicom_index.tsv",
+        manifest=f"{RESULTS}/manifest_index.tsv",
     params:
-        root=COHORT.dicom_root,
+        sources=COHORT.index_arguments(),
     threads: 4
     resources:
         mem_mb=RES.mem("index_dicom"),
@@ -23,13 +25,14 @@ checkpoint index_dicom:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion index {params.root:q} --out {output:q} --workers {threads}"
-        " --no-progress > {log:q} 2>&1"
+        "python -m mmfusion index {params.sources} --out {output[0]:q}"
+        " --manifest-out {output.manifest:q} --workers {threads} --no-progress > {log:q} 2>&1"
 
 
 rule convert_patient:
     input:
         index=f"{RESULTS}/dicom_index.tsv",
+        manifest=f"{RESULTS}/manifest_index.tsv",
         preflight=f"{RESULTS}/qc/preflight_summary.json",
     output:
         status=f"{CONVERT_DIR}/convert_status.json",
@@ -50,7 +53,8 @@ rule convert_patient:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion convert --index {input.index:q} --patient {wildcards.patient:q}"
+        "python -m mmfusion convert --index {input.index:q} --manifest-index {input.manifest:q}"
+        " --patient {wildcards.patient:q}"
         " --dicom-root {params.root:q} --out {params.out:q} --status-out {output.status:q}"
         " --tumour-roi {params.rois[tumour]:q} --node-roi {params.rois[node]:q}"
         " --plane-tolerance {params.convert[plane_tolerance]}"
