@@ -39,26 +39,34 @@ def fake(monkeypatch, torch_cuda: bool, dgl_cuda: bool, hardware: bool = False) 
 CASES = [(True, True), (True, False), (False, True), (False, False)]
 
 
+@pytest.mark.parametrize("name", ["auto", "cuda"])
 @pytest.mark.parametrize("torch_cuda,dgl_cuda", CASES)
-def test_auto_with_dgl_graphs(monkeypatch, caplog, torch_cuda, dgl_cuda):
-    """`graph_backend: dgl`: the GPU only when DGL can use it too."""
+def test_dgl_graphs_never_keep_the_model_off_the_gpu(monkeypatch, caplog, torch_cuda, dgl_cuda,
+                                                      name):
+    """`graph_backend: dgl`: the GPU whenever torch sees one; a DGL without CUDA means the
+    hybrid mode (graph layer on the CPU), said once with the fix."""
     fake(monkeypatch, torch_cuda, dgl_cuda)
-    with caplog.at_level(logging.INFO, logger="mmfusion.train.device"):
-        first = dev.resolve_device("auto", "dgl")
-        assert dev.resolve_device("auto", "dgl") == first  # resolved again: no second line
-    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
-    if torch_cuda and dgl_cuda:
-        assert first == torch.device("cuda") and lines == []
+    if not torch_cuda and name == "cuda":
+        with pytest.raises(ConfigError, match="sees no GPU"):
+            dev.resolve_device(name, "dgl")
         return
-    assert first == torch.device("cpu") and len(lines) == 1
+    with caplog.at_level(logging.INFO, logger="mmfusion.train.device"):
+        first = dev.resolve_device(name, "dgl")
+        assert dev.resolve_device(name, "dgl") == first  # resolved again: no second line
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert first == torch.device("cuda" if torch_cuda else "cpu")
+    if torch_cuda and dgl_cuda:
+        assert lines == []
+        return
+    assert len(lines) == 1
     level, text = lines[0]
-    if torch_cuda:  # a GPU torch can use, a DGL that cannot: warn, with the fix
-        assert level == logging.WARNING
-        assert f"training on the CPU because {DGL_WHY}" in text
+    assert level == logging.INFO
+    if torch_cuda:  # a GPU torch can use, a DGL that cannot: hybrid, with the fix
+        assert f"graph layer on the CPU (hybrid) because {DGL_WHY}" in text
         assert "pip install dgl -f https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html" in text
         assert "envs/train.yaml" in text and "model.graph_backend: auto" in text
     else:  # no GPU at all: say so, quietly
-        assert level == logging.INFO and "sees no GPU" in text
+        assert "sees no GPU" in text
 
 
 @pytest.mark.parametrize("graph_backend", ["auto", "torch"])
@@ -88,24 +96,16 @@ def test_auto_warns_when_a_gpu_is_there_but_torch_is_cpu_only(monkeypatch, caplo
 @pytest.mark.parametrize("torch_cuda,dgl_cuda", CASES)
 def test_explicit_cuda(monkeypatch, torch_cuda, dgl_cuda):
     fake(monkeypatch, torch_cuda, dgl_cuda)
-    if torch_cuda:  # never refused because of DGL's build, unless DGL must run the graph
-        assert dev.resolve_device("cuda") == torch.device("cuda")
-        assert dev.resolve_device("cuda", "torch") == torch.device("cuda")
-    if torch_cuda and dgl_cuda:
-        assert dev.resolve_device("cuda", "dgl") == torch.device("cuda")
+    if torch_cuda:  # never refused because of DGL's build
+        for backend in ("auto", "torch", "dgl"):
+            assert dev.resolve_device("cuda", backend) == torch.device("cuda")
         return
-    with pytest.raises(ConfigError, match="train.device is cuda but ") as err:
-        dev.resolve_device("cuda", "dgl")
-    text = str(err.value)
-    assert "\n" not in text and text.startswith("train.device is cuda but ")
-    if torch_cuda:
-        assert DGL_WHY in text and "data.dgl.ai/wheels/torch-2.2/cu121" in text
-        assert "model.graph_backend: auto" in text
-    else:
-        assert "sees no GPU" in text and "download.pytorch.org/whl/cu121" in text
-        with pytest.raises(ConfigError, match="sees no GPU"):
-            dev.resolve_device("cuda", "torch")
-    assert "set train.device: auto" in text
+    for backend in ("auto", "torch", "dgl"):
+        with pytest.raises(ConfigError, match="train.device is cuda but ") as err:
+            dev.resolve_device("cuda", backend)
+        text = str(err.value)
+        assert "\n" not in text and "sees no GPU" in text
+        assert "download.pytorch.org/whl/cu121" in text and "set train.device: auto" in text
 
 
 def test_cpu_and_bad_names(monkeypatch):

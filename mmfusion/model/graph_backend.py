@@ -9,12 +9,19 @@
   CPU; a CUDA build on a GPU), with its version logged; otherwise `torch`, with one line
   saying why. So DGL stays the default wherever it works, and its absence (Python 3.13,
   newest torch) or its CPU-only PyPI build never keeps a model off the GPU.
+
+Where the graph layer runs (`graph_device_for`): on the model's device, except `dgl` on a
+device this DGL cannot run on (PyPI's CPU-only DGL on a GPU): the **hybrid** mode, in which
+HGA's graph layer (graph + GATConv/GraphConv) stays on the CPU and the vertex features
+cross to it and back every step (`mmfusion.model.hga.HGA`); everything else runs on the GPU.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+
+import torch
 
 from mmfusion.errors import ConfigError
 from mmfusion.settings import check_choice
@@ -66,7 +73,28 @@ def dgl_cuda_status() -> tuple[bool, str]:
 
 
 def _dgl_runs_on(device_type: str) -> tuple[bool, str]:
-    return dgl_cuda_status() if device_type == "cuda" else (True, "")
+    """(whether DGL can run on a device of `device_type`, why not)."""
+    if device_type == "cpu":
+        return True, ""
+    if device_type == "cuda":
+        return dgl_cuda_status()
+    return False, f"DGL runs on the CPU and CUDA only, not on {device_type}"
+
+
+def graph_device_for(backend: str, device: torch.device | str) -> tuple[torch.device, str]:
+    """Where HGA's graph layer runs when the model is on `device`, and why: `device`,
+    except DGL on a device it cannot run on (hybrid: the CPU)."""
+    device = torch.device(device)
+    if backend != "dgl":
+        return device, f"the torch graph layers run on {device.type}"
+    runs, reason = _dgl_runs_on(device.type)
+    if runs:
+        return device, f"DGL runs on {device.type}"
+    return torch.device("cpu"), (f"hybrid: {reason}, so DGL's graph layer stays on the CPU "
+                                 f"and the vertex features cross from {device.type} and back "
+                                 "each step (the rest of the model runs on "
+                                 f"{device.type}; model.graph_backend: auto would run the "
+                                 f"torch graph layers on {device.type})")
 
 
 def resolve_graph_backend(name: str, device_type: str = "cpu") -> tuple[str, str]:

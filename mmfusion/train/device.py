@@ -1,14 +1,15 @@
 """The training device and its numeric precision, decided once per process.
 
 `resolve_device(train.device, model.graph_backend)` picks the device: `cpu`; `cuda`, which
-needs a CUDA build of torch that sees a GPU, and with `graph_backend: dgl` also a CUDA build
-of DGL (PyPI's `dgl` wheels are CPU-only and fail with "Device API cuda is not enabled" on
-the first graph moved to the GPU; with `auto` or `torch` HGA's graph layer then runs in
-plain torch on the GPU, `mmfusion.model.graph_backend`), else a `ConfigError` before any
-training; or `auto`: CUDA when it can, else the CPU with one log line saying why (a
-warning when a GPU is present but unusable, with the fix). `select_device` adds the
-choice of one free GPU per process (`mmfusion.train.gpu_lock`). `describe_device` is the
-line every training and feature-cache log starts with.
+needs a CUDA build of torch that sees a GPU, else a `ConfigError` before any training; or
+`auto`: CUDA whenever torch can use it, else the CPU with one log line saying why (a
+warning when a GPU is present but unusable, with the fix). DGL's build never decides the
+device: PyPI's `dgl` wheels are CPU-only, so on a GPU `graph_backend: auto` runs HGA's graph
+layer in plain torch on the GPU, and `graph_backend: dgl` runs the hybrid mode (the graph
+layer on the CPU, everything else on the GPU: `mmfusion.model.hga`), said in one log line
+with the fix for a graph on the GPU too. `select_device` adds the choice of one free GPU
+per process (`mmfusion.train.gpu_lock`). `describe_device` is the line every training and
+feature-cache log starts with.
 
 DGL's CUDA build is detected without touching the GPU: a CUDA build registers the global
 function `device_api.cuda` in `libdgl`, a CPU build does not (this is the very lookup that
@@ -21,12 +22,15 @@ graph attention, the diffusion head, losses and metrics stay in float32. fp16 tr
 a `GradScaler`; bf16 has float32's range and needs none. On the CPU amp is off: it is
 rarely faster there, oneDNN's bf16 conv3d backward (torch 2.2.1) gives NaN weight
 gradients for small node patches, and the stem's CPU backward (`mmfusion.model.backbone`)
-is float32-only.
+is float32-only. In the hybrid mode the graph layer's gradients are on the CPU, which
+torch 2.2's GradScaler cannot unscale (its unscale kernel is CUDA-only): `MixedGradScaler`
+unscales those in plain torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mmfusion.errors import ConfigError
-from mmfusion.model.graph_backend import dgl_cuda_status, dgl_status
+from mmfusion.model.graph_backend import dgl_cuda_status, dgl_status, graph_device_for
 from mmfusion.settings import check_choice
 
 if TYPE_CHECKING:
@@ -91,32 +95,34 @@ def _visible_env() -> str:
 
 def resolve_device(name: str, graph_backend: str = "auto") -> torch.device:
     """`train.device` -> the device: `cpu`; `cuda` (or `ConfigError`); `auto` (CUDA when
-    torch can use it, else the CPU with one log line saying why). DGL's build matters only
-    for `model.graph_backend: dgl`: with `auto` or `torch` the graph layer runs in torch on
-    the GPU where DGL cannot (`mmfusion.model.graph_backend`).
+    torch can use it, else the CPU with one log line saying why). DGL's build never
+    matters: with `graph_backend: dgl` and a DGL without CUDA the graph layer stays on the
+    CPU (hybrid, one log line), with `auto` or `torch` it runs in torch on the GPU
+    (`mmfusion.model.graph_backend`).
 
     Raises:
-        ConfigError: `cuda` without a CUDA torch that sees a GPU, or with `graph_backend:
-            dgl` and no CUDA DGL.
+        ConfigError: `cuda` without a CUDA torch that sees a GPU.
     """
     check_choice("train.device", name, DEVICES)
     if name == "cpu":
         return torch.device("cpu")
     torch_ok, why = torch_cuda_status()
     if torch_ok:
-        dgl_ok, why = dgl_cuda_status() if graph_backend == "dgl" else (True, "")
-        fix = (f"{DGL_CUDA_FIX}, or set model.graph_backend: auto (the graph layer in torch "
-               "on the GPU)")
-    else:
-        dgl_ok, fix = False, TORCH_CUDA_FIX
-    if torch_ok and dgl_ok:
+        if graph_backend == "dgl":
+            dgl_ok, dgl_why = dgl_cuda_status()
+            if not dgl_ok:
+                _log_once(logging.INFO, f"train.device {name}: the model on the GPU, DGL's "
+                                        f"graph layer on the CPU (hybrid) because {dgl_why}; "
+                                        f"for the graph on the GPU too, {DGL_CUDA_FIX}, or "
+                                        "set model.graph_backend: auto (the graph layer in "
+                                        "torch on the GPU)")
         return torch.device("cuda")
     if name == "cuda":
         raise ConfigError(f"train.device is cuda but {why}",
-                          fix=f"{fix}; or set train.device: auto (or cpu)")
-    if torch_ok or _gpu_hardware_present():
+                          fix=f"{TORCH_CUDA_FIX}; or set train.device: auto (or cpu)")
+    if _gpu_hardware_present():
         _log_once(logging.WARNING, f"train.device auto: training on the CPU because {why}; "
-                                   f"to train on the GPU, {fix}")
+                                   f"to train on the GPU, {TORCH_CUDA_FIX}")
     else:
         _log_once(logging.INFO, f"train.device auto: training on the CPU ({why})")
     return torch.device("cpu")
@@ -151,6 +157,19 @@ def describe_device(device: torch.device) -> str:
             f"{'yes' if dgl_ok else 'no'}); CUDA_VISIBLE_DEVICES={_visible_env()}")
 
 
+def graph_placement(model: MMFusionModel, device: torch.device) -> dict[str, str | None]:
+    """`graph_device` (where HGA's graph layer ran: the CPU in the hybrid mode) and
+    `graph_device_reason`, as metrics.json records them; None without a graph."""
+    if model.graph_backend is None:
+        return {"graph_device": None, "graph_device_reason": model.graph_backend_reason}
+    home = model.hga.graph_device
+    if model.hga.pinned_graph_device is not None:
+        why = f"pinned to {home} (HGA.pin_graph_layer)"
+    else:
+        why = graph_device_for(model.graph_backend, device)[1]
+    return {"graph_device": str(home), "graph_device_reason": why}
+
+
 # ---- mixed precision ------------------------------------------------------------------
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -181,7 +200,7 @@ class Precision:
 
     def scaler(self) -> torch.cuda.amp.GradScaler | None:
         """A gradient scaler for fp16 (its small range underflows gradients), else None."""
-        return torch.cuda.amp.GradScaler() if self.mode == "fp16" else None
+        return MixedGradScaler() if self.mode == "fp16" else None
 
     def image_maps(self, model: MMFusionModel, batch: Mapping[str, torch.Tensor]
                    ) -> Mapping[str, torch.Tensor]:
@@ -212,3 +231,52 @@ def precision_for(amp: str, device: torch.device) -> Precision:
         raise ConfigError("train.amp is bf16 but this GPU has no bfloat16 support",
                           fix="set train.amp: fp16 (or off)")
     return Precision(amp, "cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_unscale_supported() -> bool:
+    """Whether this torch has a CPU kernel of GradScaler's unscale (torch >= 2.3 does)."""
+    try:
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            [torch.ones(1)], torch.zeros(()), torch.ones(()))
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
+class MixedGradScaler(torch.cuda.amp.GradScaler):
+    """torch's fp16 `GradScaler`, also for gradients on the CPU (HGA's graph layer in the
+    hybrid mode) where this torch's unscale kernel is CUDA-only: those are checked for
+    inf/NaN and unscaled in plain torch, and their found-inf flag joins the others (a step
+    is skipped when any device overflowed, as for several GPUs)."""
+
+    def _unscale_grads_(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor,
+                        found_inf: torch.Tensor, allow_fp16: bool
+                        ) -> dict[torch.device, torch.Tensor]:
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None and p.grad.device.type == "cpu"]
+        if not params or cpu_unscale_supported():
+            return super()._unscale_grads_(optimizer, inv_scale, found_inf, allow_fp16)
+        grads = [p.grad for p in params]
+        others = any(p.grad is not None and p.grad.device.type != "cpu"
+                     for group in optimizer.param_groups for p in group["params"])
+        per_device: dict[torch.device, torch.Tensor] = {}
+        if others:
+            for p in params:  # hidden from torch's CUDA-only unscale
+                p.grad = None
+            try:
+                per_device = super()._unscale_grads_(optimizer, inv_scale, found_inf,
+                                                     allow_fp16)
+            finally:
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+        cpu_inf = torch.zeros((), dtype=torch.float32)
+        cpu_inv = inv_scale.detach().to("cpu", torch.float32)
+        with torch.no_grad():
+            for g in grads:
+                if g.dtype == torch.float16 and not allow_fp16:
+                    raise ValueError("Attempting to unscale FP16 gradients.")
+                cpu_inf = torch.maximum(cpu_inf, (~torch.isfinite(g)).any().float())
+                g.mul_(cpu_inv.to(g.dtype))
+        per_device[torch.device("cpu")] = cpu_inf
+        return per_device

@@ -36,7 +36,7 @@ from mmfusion.train.augment import augment
 from mmfusion.train.averaging import WeightAverage
 from mmfusion.train.config import TrainConfig
 from mmfusion.train.dataset import PATCH_KINDS, SplitData
-from mmfusion.train.device import Precision
+from mmfusion.train.device import Precision, graph_placement
 from mmfusion.train.metrics import binary_metrics, json_safe, safe_auc, youden_threshold
 from mmfusion.train.recalibration import Recalibrator, fit_recalibrator
 from mmfusion.train.scoring import (
@@ -337,9 +337,10 @@ def score_test(run: RunState, splits: Mapping[str, SplitData]) -> dict[str, Any]
         "test_brier_raw": (float(np.mean((test_raw - test.labels) ** 2)) if len(test)
                            else math.nan),
         "n_train": len(splits["train"]), "device": str(device),
-        # the graph layer runs where the model runs: DGL only where it can (graph_backend)
+        # the graph layer runs where the model runs, but DGL only where it can: a DGL
+        # without CUDA keeps it on the CPU next to a GPU model (hybrid, graph_device_for)
         "graph_backend": model.graph_backend, "graph_backend_reason": model.graph_backend_reason,
-        "graph_device": str(device) if model.graph_backend is not None else None,
+        **graph_placement(model, device),
         "mean_epoch_seconds": float(np.mean([r["epoch_seconds"] for r in run.log])),
         "mean_data_wait_share": float(np.mean([r["data_wait_share"] for r in run.log])),
         "settings": run.settings,
