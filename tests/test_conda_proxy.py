@@ -8,7 +8,7 @@ MMFUSION_CONDA_PROXY=1, as CI sets it: it builds venvs of several GB.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import shutil
 import subprocess
@@ -21,16 +21,17 @@ import yaml
 
 from tests.conftest import REPO
 
-SCRIPT = REPO / "workflow" / "scripts" / "conda_proxy.py"
+SCRIPTS = REPO / "workflow" / "scripts"
+SCRIPT = SCRIPTS / "conda_proxy.py"
 MAPPING = REPO / "envs" / "pip-equivalents.yaml"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("conda_proxy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["conda_proxy"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """The script's module, imported as the command line does: its dir first on sys.path
+    (it imports its sibling modules conda_proxy_*.py)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module("conda_proxy")
 
 
 cp = _load_script()
@@ -76,6 +77,15 @@ def test_mapping_covers_every_env_file_exactly() -> None:
     result = cp.run_check()
     assert result.problems == [], "\n".join(result.problems)
     assert set(result.envs) == {"preprocess", "train"}
+
+
+def test_check_command_line_runs_from_any_folder(tmp_path: Path) -> None:
+    """`python workflow/scripts/conda_proxy.py check`, as README and CI call it, finds its
+    sibling modules whatever the working directory."""
+    res = subprocess.run([sys.executable, str(SCRIPT), "check"], cwd=tmp_path, text=True,
+                         capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.rstrip().endswith("conda proxy check passed"), res.stdout[-2000:]
 
 
 def test_copied_env_files_check_like_the_real_ones(env_copy: Path) -> None:
