@@ -7,6 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -25,6 +26,7 @@ from tests.dicom_fixtures import (
     sphere_contours,
     write_ct,
     write_rtstruct,
+    write_seg,
 )
 
 SETTINGS = ConvertSettings()
@@ -124,6 +126,12 @@ def _messy_tree(root: Path) -> None:
     plan = _base(root / "plan.dcm", "1.2.840.10008.5.1.4.1.1.481.5", generate_uid(),
                  _grid("PLAN"), "RTPLAN")
     plan.save_as(root / "plan.dcm", enforce_file_format=True)
+    seg_grid = _grid("BADSEG")  # a DICOM-SEG without its SegmentSequence
+    seg = write_seg(root / "badseg" / "seg.dcm", write_ct(root / "badseg" / "ct", seg_grid),
+                    {"GTV-T": np.ones(seg_grid.shape, bool)})
+    ds = pydicom.dcmread(seg)
+    del ds.SegmentSequence
+    ds.save_as(seg)
 
 
 # --------------------------------------------------------------------------- (a) one code each

@@ -187,3 +187,133 @@ def test_dcmqi_seg_labels_and_shapes(shared_data):
     assert neoplasm.labels() == ["Neoplasm, Primary"]
     image = neoplasm.segment_image(1)
     assert image.GetSize()[:2] == (128, 128) and _array(image).any()
+
+
+# --------------------------------------------------------------------------- index + convert
+
+def _convert_root(root: Path, out: Path, patient: str = "PAT001", **rois):
+    from mmfusion.dicom.convert import ConvertSettings, convert_patient, select_inputs
+    from mmfusion.dicom.index import index_dicom
+
+    settings = ConvertSettings.from_config(rois)
+    rows = index_dicom(root, progress=False)
+    inputs = select_inputs(rows, patient, settings)
+    return rows, inputs, convert_patient(inputs, out, settings)
+
+
+def _nifti(path: Path) -> np.ndarray:
+    return _array(sitk.ReadImage(str(path)))
+
+
+def test_seg_route_index_and_convert(tmp_path):
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    tumour = sphere_mask(grid, (20, 18), 8, 6)
+    small = sphere_mask(grid, (8, 8), 3, 2.5)
+    large = sphere_mask(grid, (38, 30), 15, 4)
+    seg = write_seg(tmp_path / "root/seg/seg.dcm", paths,
+                    {"GTV-T": tumour, "GTV-N1": small, "GTV-N2": large, "Lung": ~tumour})
+    rows, inputs, summary = _convert_root(tmp_path / "root", tmp_path / "out")
+    row = next(r for r in rows if r["modality"] == "SEG")
+    assert row["link_method"] == "series_uid" and row["linked_series_uid"] == grid.series_uid
+    assert row["roi_names"] == ["GTV-T", "GTV-N1", "GTV-N2", "Lung"] and not row["problems"]
+    assert inputs.seg == str(seg) and inputs.rtstruct == ""
+    np.testing.assert_array_equal(_nifti(tmp_path / "out/gtv_t.nii.gz"), tumour)
+    nodes = _nifti(tmp_path / "out/gtv_n.nii.gz")
+    np.testing.assert_array_equal(nodes == 1, large)  # largest first
+    np.testing.assert_array_equal(nodes == 2, small)
+    assert summary["mask_source"] == "seg" and summary["rtstruct"] is None
+    assert summary["seg"]["sop_instance_uid"] == pydicom.dcmread(seg).SOPInstanceUID
+    assert summary["seg"]["segments"] == {"GTV-T": [1], "GTV-N1": [2], "GTV-N2": [3],
+                                          "Lung": [4]}
+    assert summary["tumour"] == {"rois": ["GTV-T"], "voxels": int(tumour.sum()),
+                                 "volume_mm3": float(tumour.sum() * 2.0)}
+    assert summary["other_rois"] == ["Lung"]
+    assert summary["roi_reports"]["GTV-T"]["placement"] == ["same_lattice"]
+    assert (tmp_path / "out/rois.json").is_file() and (tmp_path / "out/ct.nii.gz").is_file()
+
+
+def test_fractional_seg_linked_by_frame_of_reference_only(tmp_path):
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    prob = np.zeros(grid.shape, np.float32)
+    prob[6:12, 10:25, 12:30] = 0.7
+    prob[8, 15:18, 15:18] = 0.3  # a hole below half
+    write_seg(tmp_path / "root/seg.dcm", paths, {"Tumour": prob}, fractional=True,
+              references=False)
+    other = CTGrid(patient_id="PAT001", study_uid=grid.study_uid, for_uid=grid.for_uid,
+                   origin=(-24.0, -20.0, 100.0))  # same FoR, elsewhere: must not be chosen
+    write_ct(tmp_path / "root/other", other)
+    rows, _, summary = _convert_root(tmp_path / "root", tmp_path / "out",
+                                     tumour="tumou?r")
+    row = next(r for r in rows if r["modality"] == "SEG")
+    assert row["referenced_series_uids"] == []
+    assert row["link_method"] == "frame_of_reference+geometry"
+    assert row["linked_series_uid"] == grid.series_uid
+    np.testing.assert_array_equal(_nifti(tmp_path / "out/gtv_t.nii.gz"), prob >= 0.5)
+    assert summary["seg"]["segmentation_type"] == "FRACTIONAL"
+
+
+def test_seg_frame_of_reference_mismatch_refused(tmp_path):
+    from pydicom.uid import generate_uid
+
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    write_seg(tmp_path / "root/seg.dcm", paths, {"GTV-T": sphere_mask(grid, (20, 18), 8, 6)},
+              for_uid=generate_uid())
+    with pytest.raises(DicomError, match=r"PAT001.*seg\.dcm.*Frame of Reference mismatch:"
+                                         r" DICOM-SEG"):
+        _convert_root(tmp_path / "root", tmp_path / "out")
+
+
+def test_rtstruct_preferred_over_seg(tmp_path):
+    from tests.dicom_fixtures import sphere_contours, write_rtstruct
+
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    write_rtstruct(tmp_path / "root/rs.dcm", grid,
+                   {"GTV-T": sphere_contours(grid, (20, 18), 8, 6)})
+    write_seg(tmp_path / "root/seg.dcm", paths, {"GTV-T": sphere_mask(grid, (10, 10), 8, 4)})
+    _, inputs, summary = _convert_root(tmp_path / "root", tmp_path / "out")
+    assert inputs.rtstruct and not inputs.seg and summary["mask_source"] == "rtstruct"
+    assert any("DICOM-SEG(s) also fit" in w and "RTSTRUCT was used" in w
+               for w in summary["warnings"])
+    # ... unless no ROI of the RTSTRUCT matches the tumour pattern: then the SEG
+    write_rtstruct(tmp_path / "root/rs.dcm", grid,
+                   {"Lung": sphere_contours(grid, (20, 18), 8, 6)})
+    _, inputs, summary = _convert_root(tmp_path / "root", tmp_path / "out2")
+    assert inputs.seg and summary["mask_source"] == "seg"
+
+
+def test_seg_without_tumour_label_refused_naming_labels(tmp_path):
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    write_seg(tmp_path / "root/seg.dcm", paths, {"Liver": sphere_mask(grid, (20, 18), 8, 6)})
+    with pytest.raises(DicomError, match=r"no segment name matches.*one of: Liver"):
+        _convert_root(tmp_path / "root", tmp_path / "out")
+
+
+def test_damaged_seg_in_index_refused_at_convert(tmp_path):
+    grid = CTGrid()
+    paths = write_ct(tmp_path / "root/ct", grid)
+    good = write_seg(tmp_path / "seg.dcm", paths, {"GTV-T": sphere_mask(grid, (20, 18), 8, 6)})
+    data = good.read_bytes()
+    (tmp_path / "root/seg.dcm").write_bytes(data[: len(data) - 40])  # pixels cut short
+    with pytest.raises(DicomError, match=r"PAT001.*seg\.dcm.*damaged DICOM-SEG: truncated"):
+        _convert_root(tmp_path / "root", tmp_path / "out")
+
+
+def test_seg_patient_counts_as_ready(tmp_path):
+    from mmfusion.cohort.preflight import _index_patients
+    from mmfusion.dicom.index import index_dicom, patients_from_index, write_index
+    from mmfusion.ids import sanitize_id
+
+    grid = CTGrid(patient_id="SEG 7")
+    paths = write_ct(tmp_path / "root/ct", grid)
+    write_seg(tmp_path / "root/seg.dcm", paths, {"GTV-T": sphere_mask(grid, (20, 18), 8, 6)})
+    rows = index_dicom(tmp_path / "root", progress=False)
+    write_index(rows, tmp_path / "index.tsv")
+    safe = sanitize_id("SEG 7")
+    assert patients_from_index(tmp_path / "index.tsv") == [safe]
+    _, rois, _ = _index_patients(rows)
+    assert rois == {safe: ["GTV-T"]}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmfusion.dicom.index import is_mask_row
 from mmfusion.dicom.index_io import read_index
 from mmfusion.dicom.rois import compile_roi_regex, match_rois
 from mmfusion.errors import MMFusionError
@@ -63,7 +64,7 @@ def _index_patients(rows: list[dict]) -> tuple[dict[str, set[str]], dict[str, li
         if not pid:
             continue
         originals[pid].add(row.get("patient_id") or "")
-        if row["modality"] == "RTSTRUCT" and row.get("linked_series_uid"):
+        if is_mask_row(row) and row.get("linked_series_uid"):  # RTSTRUCT or DICOM-SEG
             rois.setdefault(pid, []).extend(row.get("roi_names") or [])
     return originals, rois, set(originals)
 
@@ -86,8 +87,9 @@ def check_tables(inputs: PreflightInputs) -> tuple[list[Finding], pd.DataFrame |
 
 
 def check_rois(inputs: PreflightInputs, rois: dict[str, list[str]]) -> list[Finding]:
-    """Linked patients whose RTSTRUCT has no ROI matching the tumour regex (listing what is
-    there); an error when no patient matches at all (the regex, not the data, is wrong)."""
+    """Linked patients whose RTSTRUCT/DICOM-SEG has no ROI (SEG: segment label) matching
+    the tumour regex (listing what is there); an error when no patient matches at all
+    (the regex, not the data, is wrong)."""
     findings: list[Finding] = []
     try:
         tumour = compile_roi_regex(inputs.tumour_regex, "tumour")
@@ -156,7 +158,8 @@ def check_linkage(inputs: PreflightInputs, all_ids: set[str], rois: dict[str, li
                                 " manifest"))
     for pid in sorted(set(clin_ids) & all_ids - set(rois)):
         findings.append(Finding(WARNING, "no_images", pid,
-                                "in the DICOM index but no CT series linked to an RTSTRUCT"))
+                                "in the DICOM index but no CT series linked to an RTSTRUCT"
+                                " or DICOM-SEG"))
     usable = [pid for pid in rois if pid in clin_ids
               and (hema_ids is None or pid in hema_ids)]
     labels = clin["label"].rename(index=lambda raw: sanitize_id(str(raw)))

@@ -1,9 +1,13 @@
-"""Per-patient conversion: CT + RTSTRUCT -> ct.nii.gz, gtv_t.nii.gz, gtv_n.nii.gz, rois.json.
+"""Per-patient conversion: CT + RTSTRUCT or DICOM-SEG -> ct.nii.gz, gtv_t.nii.gz,
+gtv_n.nii.gz, rois.json.
 
-Which files are read is decided in `mmfusion.dicom.inputs` (re-exported here). Outputs
+Which files are read is decided in `mmfusion.dicom.inputs` (re-exported here); the masks
+come from `mmfusion.dicom.masks` (RTSTRUCT ROIs or SEG segments, matched by name alike). Outputs
 name the inputs by UID and count; a file named in a warning or refusal is given relative
 to the DICOM root (`relpaths`). No DICOM header text other than UIDs, geometry and ROI
-names is copied into rois.json (no names, dates or descriptions).
+names / segment labels is copied into rois.json (no names, dates or descriptions).
+rois.json names the mask source: `mask_source` ("rtstruct" | "seg") and the `rtstruct` or
+`seg` entry (the other is null).
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ from mmfusion.dicom.inputs import (
     inputs_from_index,
     select_inputs,
 )
-from mmfusion.dicom.rasterize import rasterise_roi
+from mmfusion.dicom.masks import rtstruct_source, seg_source
 from mmfusion.dicom.relpaths import relative_error, relative_text
 from mmfusion.dicom.rois import compile_roi_regex, match_rois, node_label_map
-from mmfusion.dicom.rtstruct import parse_rtstruct
 from mmfusion.dicom.series import SeriesChecks, load_ct_series
 from mmfusion.errors import ConfigError, DicomError, MMFusionError
 from mmfusion.io import atomic_path
@@ -117,26 +120,26 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
             "single-slice CT series: a 3D volume is needed", patient=pid,
             path=ct.files[0], fix="supply the whole CT series (the RTSTRUCT may list the"
             " missing slices)")
-    rs = parse_rtstruct(inputs.rtstruct, patient=pid)
+    rs = seg_source(inputs.seg, pid) if inputs.seg else rtstruct_source(inputs.rtstruct, pid)
     if (ct.frame_of_reference_uid and rs.frame_of_reference_uids
             and ct.frame_of_reference_uid not in rs.frame_of_reference_uids):
         raise DicomError(
-            f"Frame of Reference mismatch: RTSTRUCT {', '.join(rs.frame_of_reference_uids)}"
+            f"Frame of Reference mismatch: {rs.noun} {', '.join(rs.frame_of_reference_uids)}"
             f" vs CT {ct.frame_of_reference_uid}", patient=pid, path=rs.path,
-            fix="re-export the RTSTRUCT on the CT's Frame of Reference")
+            fix=f"re-export the {rs.noun} on the CT's Frame of Reference")
     if not ct.frame_of_reference_uid:
-        warnings.append("CT series has no FrameOfReferenceUID; contours are placed by"
-                        " coordinates alone")
-    names = rs.roi_names()
+        warnings.append(f"CT series has no FrameOfReferenceUID; the {rs.noun}'s masks are"
+                        " placed by coordinates alone")
+    names = rs.names
     tumour_names = match_rois(names, compile_roi_regex(settings.tumour, "tumour"))
     node_names = [n for n in match_rois(names, compile_roi_regex(settings.node, "node"))
                   if n not in tumour_names]
-    warnings.extend(_contour_data_problems(rs, {*tumour_names, *node_names}, pid))
+    warnings.extend(rs.problems({*tumour_names, *node_names}, pid))
     if not tumour_names:
         raise DicomError(
-            f"no ROI name matches the tumour pattern {settings.tumour!r}", patient=pid,
+            f"no {rs.item} name matches the tumour pattern {settings.tumour!r}", patient=pid,
             path=rs.path, fix="set `rois.tumour` (or --tumour-roi) to a regex that matches"
-            f" one of: {', '.join(names) or '(no ROIs)'}")
+            f" one of: {', '.join(names) or f'(no {rs.item}s)'}")
     shape = ct.array.shape
     ct_dtype = str(ct.array.dtype)
     reference = ct.to_sitk()
@@ -146,52 +149,49 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
     geometry.SetOrigin(reference.GetOrigin())
     geometry.SetSpacing(reference.GetSpacing())
     geometry.SetDirection(reference.GetDirection())
+    grid = None
+    if rs.kind == "seg":  # SEG placement resamples onto a full-size (uint8) CT grid
+        grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        grid.CopyInformation(reference)
     del reference
-    by_name: dict[str, list] = {}
-    for roi in rs.rois:
-        by_name.setdefault(roi.name, []).extend(roi.contours)
     voxel_volume = float(np.prod(ct.spacing))
     roi_reports = {}
 
     def rasterise(name: str) -> np.ndarray:
-        mask, report = rasterise_roi(by_name.get(name, []), shape, ct.origin, ct.spacing,
-                                     ct.direction, plane_tolerance=settings.plane_tolerance)
+        mask, report, notes = rs.mask(name, ct, shape, grid, settings.plane_tolerance)
         voxels = int(np.count_nonzero(mask))
-        roi_reports[name] = {**asdict(report), "voxels": voxels,
+        roi_reports[name] = {**report, "voxels": voxels,
                              "volume_mm3": round(voxels * voxel_volume, 3)}
-        roi_reports[name].pop("off_volume_planes_mm")
-        warnings.extend(report.warnings(name))
-        if report.contours == 0:
-            warnings.append(f"ROI {name!r} has no contours (empty ROI)")
+        warnings.extend(notes)
         return mask
 
     tumour = np.zeros(shape, dtype=bool)
     for name in tumour_names:
         tumour |= rasterise(name)
     if len(tumour_names) > 1:
-        warnings.append(f"{len(tumour_names)} ROIs match the tumour pattern"
+        warnings.append(f"{len(tumour_names)} {rs.item}s match the tumour pattern"
                         f" ({', '.join(tumour_names)}); their union is GTV-T")
     tumour_voxels = int(np.count_nonzero(tumour))
     if not tumour_voxels:
         raise DicomError(
-            f"tumour ROI(s) {', '.join(tumour_names)} have no voxel on this CT series"
+            f"tumour {rs.item}(s) {', '.join(tumour_names)} have no voxel on this CT series"
             f" ({'; '.join(warnings[-3:]) or 'no closed contours'})", patient=pid,
-            path=rs.path, fix="check that the RTSTRUCT belongs to this CT series")
+            path=rs.path, fix=f"check that the {rs.noun} belongs to this CT series")
     _write_like(tumour.view(np.uint8), geometry, tmp["gtv_t.nii.gz"])
     del tumour
     node_masks = []
     for name in node_names:
         box = _crop(rasterise(name))  # keep only the bounding box of each node ROI
         if box is None:
-            warnings.append(f"node ROI {name!r} has no voxel on this CT grid (contours off the"
+            warnings.append(f"node {rs.item} {name!r} has no voxel on this CT grid (off the"
                             " series, or smaller than a voxel); no label for it")
         else:
             node_masks.append((name, *box))
     labels, nodes, node_warnings = node_label_map(node_masks, shape, voxel_volume)
     warnings.extend(node_warnings)
     if not node_names:
-        warnings.append("no ROI matches the node pattern: GTV-N is empty (valid: node-negative"
-                        " or not contoured)")
+        warnings.append(f"no {rs.item} matches the node pattern: GTV-N is empty (valid:"
+                        " node-negative or not contoured)")
     _write_like(labels, geometry, tmp["gtv_n.nii.gz"])
     summary = {
         "patient_id": pid,
@@ -206,7 +206,9 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
             "dtype": ct_dtype,
             "n_files": len(ct.files),
         },
-        "rtstruct": {"sop_instance_uid": rs.sop_uid, "series_uid": rs.series_uid},
+        "mask_source": rs.kind,
+        "rtstruct": rs.describe() if rs.kind == "rtstruct" else None,
+        "seg": rs.describe() if rs.kind == "seg" else None,
         "tumour": {"rois": tumour_names, "voxels": tumour_voxels,
                    "volume_mm3": round(tumour_voxels * voxel_volume, 3)},
         "nodes": nodes,
@@ -219,22 +221,6 @@ def _convert(inputs: PatientInputs, tmp: dict[str, Path], settings: ConvertSetti
     }
     tmp["rois.json"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _contour_data_problems(rs, used: set[str], pid: str) -> list[str]:
-    """Refuse unusable ContourData in a used ROI (its mask would silently lose contours);
-    return warnings for the ROIs that are not used."""
-    warnings = []
-    for roi in rs.rois:
-        if not roi.problems:
-            continue
-        more = f" (and {len(roi.problems) - 1} more)" if len(roi.problems) > 1 else ""
-        if roi.name in used:
-            raise DicomError(f"ROI {roi.name!r}: {roi.problems[0]}{more}", patient=pid,
-                             path=rs.path, fix="repair or re-export the RTSTRUCT")
-        warnings.append(f"ROI {roi.name!r} (not used): {len(roi.problems)} contour(s) with"
-                        f" unusable ContourData skipped ({roi.problems[0]})")
-    return warnings
 
 
 def _crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:

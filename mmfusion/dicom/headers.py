@@ -5,6 +5,9 @@ A damaged file is recorded as UNREADABLE (never skipped silently): one named lik
 (`.dcm`, ...) that is not DICOM, an object whose data set lost its Modality/SOPClassUID
 while its file meta names a storage class, an image without SeriesInstanceUID. The index
 then names it on every image series in the same folder (it may be a lost slice).
+A DICOM-SEG (Segmentation or Label Map Segmentation Storage) is described like an
+RTSTRUCT: referenced series and Frame of Reference, segment labels (as `roi_names`),
+content date, and the frames' extent for linking by geometry.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from mmfusion.dicom.problems import Problem, add_problem
 from mmfusion.dicom.reading import quiet_pydicom, read_quietly, truncation
+from mmfusion.dicom.seg import SEG_SOP_CLASSES, seg_facts
 
 _SERIAL_BELOW = 64  # fewer files than this: no worker processes
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")  # a file so named is meant to be DICOM
@@ -92,7 +96,8 @@ def _describe(ds, record: dict, *, named_dicom: bool, eof: str, pixel_bytes: int
     if not modality:  # Modality is required of every object: the header is damaged
         return _damaged(record, "(no Modality: header cut short or garbled)")
     damage = truncation(ds) or eof
-    if modality != "RTSTRUCT":  # a damaged RTSTRUCT keeps its row: convert names it
+    is_seg = modality == "SEG" and str(getattr(ds, "SOPClassUID", "") or "") in SEG_SOP_CLASSES
+    if modality != "RTSTRUCT" and not is_seg:  # a damaged RTSTRUCT/SEG keeps its row
         why = _image_damage(ds, modality, damage)
         if why:
             return _damaged(record, why)
@@ -126,6 +131,13 @@ def _describe(ds, record: dict, *, named_dicom: bool, eof: str, pixel_bytes: int
                             f" {expected} expected")
     if damage:
         add_problem(record, Problem.TRUNCATED, f"truncated: {damage}")
+    if is_seg:
+        try:
+            record.update(seg_facts(ds))
+        except Exception as err:  # a damaged data set: record it, index the rest
+            add_problem(record, Problem.MALFORMED_SEG,
+                        " ".join(f"malformed DICOM-SEG ({type(err).__name__}: {err})".split())
+                        [:200])
     if modality == "RTSTRUCT":
         try:
             _rtstruct_facts(ds, record)

@@ -1,9 +1,12 @@
-"""Crawl a DICOM tree (any layout), read headers in parallel, and link RTSTRUCTs to CT series.
+"""Crawl a DICOM tree (any layout), read headers in parallel, and link RTSTRUCTs and
+DICOM-SEGs to CT series.
 
-One index row per image series (per patient), per RT object (RTSTRUCT, RTPLAN, ... by SOP
-instance) and per unreadable or non-DICOM file. An RTSTRUCT is linked to a CT series by
-its referenced SeriesInstanceUID, else by Frame of Reference plus geometry (the contours'
-bounding box must lie within the series). PatientID is kept for joining tables;
+One index row per image series (per patient), per RT or SEG object (RTSTRUCT, SEG, RTPLAN,
+... by SOP instance) and per unreadable or non-DICOM file. An RTSTRUCT or DICOM-SEG is
+linked to a CT series by its referenced SeriesInstanceUID, else by Frame of Reference plus
+geometry (the contours' or SEG frames' bounding box must lie within the series). A SEG
+row holds its segment labels in `roi_names` and its ContentDate+Time in
+`structure_set_date`. PatientID is kept for joining tables;
 PatientName and BirthDate are read only to detect two people sharing one PatientID and
 are never written. Every problem is recorded as a message plus a `Problem` code.
 Objects without a PatientID get the `patient` value `mmfusion.ids.NO_PATIENT_ID` (never a
@@ -26,6 +29,7 @@ from mmfusion.dicom.headers import iter_files, read_header, read_headers
 from mmfusion.dicom.index_io import COLUMNS, LIST_COLUMNS, read_index, write_index
 from mmfusion.dicom.linking import IMAGE_MODALITIES_LINKABLE, link_rtstruct
 from mmfusion.dicom.problems import Problem, add_problem
+from mmfusion.dicom.seg import SEG_SOP_CLASSES
 from mmfusion.dicom.series_geometry import (
     SeriesGroup,
     check_series_geometry,
@@ -36,8 +40,8 @@ from mmfusion.ids import NO_PATIENT_ID, sanitize_id
 
 __all__ = [
     "COLUMNS", "IMAGE_MODALITIES_LINKABLE", "LIST_COLUMNS", "Problem", "build_index",
-    "index_dicom", "iter_files", "patients_from_index", "read_header", "read_headers",
-    "read_index", "write_index",
+    "index_dicom", "is_mask_row", "iter_files", "patients_from_index", "read_header",
+    "read_headers", "read_index", "write_index",
 ]
 
 
@@ -89,7 +93,9 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
             persons[rec["patient_id"]].add(rec["person"])
         if not rec["patient_id"]:
             add_problem(rec, Problem.NO_PATIENT_ID, "no PatientID")
-        is_image = "rows" in rec and rec["modality"] not in ("RTSTRUCT",)
+        is_mask = rec["modality"] == "RTSTRUCT" or (
+            rec["modality"] == "SEG" and rec.get("sop_class_uid") in SEG_SOP_CLASSES)
+        is_image = "rows" in rec and not is_mask and rec["modality"] != "RTSTRUCT"
         if is_image:
             key = (rec["patient_id"], rec["series_uid"], rec["modality"])
             if key not in series:
@@ -106,7 +112,7 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
         row["sop_instance_uid"] = rec.get("sop_instance_uid", "")
         row["n_files"] = 1
         row["files"] = [rel]
-        if rec["modality"] == "RTSTRUCT":
+        if is_mask:
             row["referenced_for_uids"] = rec.get("referenced_for_uids", [])
             row["referenced_series_uids"] = rec.get("referenced_series_uids", [])
             row["roi_names"] = rec.get("roi_names", [])
@@ -124,7 +130,7 @@ def build_index(records: Iterable[dict], root: str | Path) -> list[dict]:
         if entry.rows["modality"] in IMAGE_MODALITIES_LINKABLE:
             ct_by_uid[entry.rows["series_uid"]].append(entry)
     for row in objects:
-        if row["modality"] == "RTSTRUCT":
+        if is_mask_row(row):
             link_rtstruct(row, ct_by_uid, series)
     rows = [e.rows for e in series.values()] + objects
     for row in rows:
@@ -235,8 +241,16 @@ def index_dicom(root: str | Path, *, workers: int = 1, progress: bool = True) ->
     return build_index(records, root)
 
 
+def is_mask_row(row: dict) -> bool:
+    """Whether an index row is a mask object: an RTSTRUCT or a DICOM-SEG (Segmentation or
+    Label Map Segmentation Storage; a surface segmentation is not one)."""
+    return row["modality"] == "RTSTRUCT" or (row["modality"] == "SEG"
+                                             and row["sop_class_uid"] in SEG_SOP_CLASSES)
+
+
 def patients_from_index(index_tsv: str | Path) -> list[str]:
-    """Sanitised IDs of patients with a CT series linked to an RTSTRUCT, sorted."""
+    """Sanitised IDs of patients with a CT series linked to an RTSTRUCT or DICOM-SEG,
+    sorted."""
     return sorted({row["patient"] for row in read_index(index_tsv)
-                   if row["modality"] == "RTSTRUCT" and row["linked_series_uid"]
+                   if is_mask_row(row) and row["linked_series_uid"]
                    and row["patient"] and row["patient"] != NO_PATIENT_ID})

@@ -1,6 +1,11 @@
-"""Which files convert reads for one patient: the RTSTRUCT and its CT series, chosen from
-index rows (`select_inputs`, `inputs_from_index`) or by crawling one folder
+"""Which files convert reads for one patient: the RTSTRUCT or DICOM-SEG and its CT series,
+chosen from index rows (`select_inputs`, `inputs_from_index`) or by crawling one folder
 (`inputs_from_folder`). Importable from `mmfusion.dicom.convert` too.
+
+Choice among a patient's linked, undamaged mask objects: those with a name (ROI name, or
+SEG SegmentLabel) matching `rois.tumour` first; among them an RTSTRUCT before a DICOM-SEG
+(with a warning naming the SEG left out); the newest (StructureSetDate/ContentDate) of
+that kind. So a SEG is used when the patient has no RTSTRUCT, or none whose ROIs match.
 
 The index records files relative to the DICOM root; the root is given (`dicom_root`, the
 workflow passes `cohort.dicom_root`) or taken from the rows (the index records it
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mmfusion.dicom.index import index_dicom
+from mmfusion.dicom.index import index_dicom, is_mask_row
 from mmfusion.dicom.index_io import read_index
 from mmfusion.dicom.problems import Problem, problem_messages
 from mmfusion.dicom.rois import compile_roi_regex, match_rois
@@ -36,20 +41,21 @@ class RoiPatterns(Protocol):
 class PatientInputs:
     patient_id: str
     ct_files: list[str]  # absolute paths (to read)
-    rtstruct: str
+    rtstruct: str  # "" when the masks come from a DICOM-SEG
     warnings: list[str]
     root: str = ""  # the DICOM root: paths in outputs are made relative to it
+    seg: str = ""  # a DICOM-SEG file (absolute) instead of the RTSTRUCT
 
 
 def select_inputs(rows: list[dict], patient: str, settings: RoiPatterns,
                   dicom_root: str | Path | None = None) -> PatientInputs:
-    """Pick the RTSTRUCT and its CT series for one patient from index rows.
+    """Pick the RTSTRUCT or DICOM-SEG and its CT series for one patient from index rows.
 
     `patient` is the sanitised ID (the `patient` column) or the raw PatientID.
     `dicom_root`: the folder the index's `files` are relative to (default: the rows'
     `dicom_root`, i.e. the one recorded by the index).
     Decisions key on the rows' `problem_codes` only; the messages are just shown.
-    Raises DicomError for every refusal (no linked RTSTRUCT, shared PatientID, ...),
+    Raises DicomError for every refusal (no linked RTSTRUCT/SEG, shared PatientID, ...),
     ConfigError when the DICOM root is unknown or does not hold the index's files.
     """
     mine = [r for r in rows if patient in (r["patient"], r["patient_id"]) and r["patient"]
@@ -64,43 +70,53 @@ def select_inputs(rows: list[dict], patient: str, settings: RoiPatterns,
             if refused:
                 raise DicomError(refused[0], patient=patient_id, path=_first_file(row),
                                  fix="give each patient a unique PatientID")
-    structs = [r for r in mine if r["modality"] == "RTSTRUCT"]
-    if not structs:
-        raise DicomError("no RTSTRUCT for this patient", patient=patient_id)
-    linked = [r for r in structs if r["linked_series_uid"]]
+    objects = [r for r in mine if is_mask_row(r)]
+    noun = _noun(objects)
+    if not objects:
+        raise DicomError("no RTSTRUCT or DICOM-SEG for this patient", patient=patient_id)
+    linked = [r for r in objects if r["linked_series_uid"]]
     if not linked:
-        problems = "; ".join(p for r in structs for p in r["problems"])
-        raise DicomError(f"no RTSTRUCT is linked to a CT series ({problems})",
-                         patient=patient_id, path=_first_file(structs[0]),
+        problems = "; ".join(p for r in objects for p in r["problems"])
+        raise DicomError(f"no {noun} is linked to a CT series ({problems})",
+                         patient=patient_id, path=_first_file(objects[0]),
                          fix="add the referenced CT series to the DICOM root")
     warnings = []
-    intact = [r for r in linked if not _DAMAGED_RTSTRUCT & set(r["problem_codes"])]
+    intact = [r for r in linked if not _DAMAGED & set(r["problem_codes"])]
     if not intact:
         damage = next(m for m, c in zip(linked[0]["problems"], linked[0]["problem_codes"],
-                                         strict=True) if c in _DAMAGED_RTSTRUCT)
-        raise DicomError(f"damaged RTSTRUCT: {damage}", patient=patient_id,
-                         path=_first_file(linked[0]), fix="export the RTSTRUCT again")
+                                         strict=True) if c in _DAMAGED)
+        raise DicomError(f"damaged {_noun(linked[:1])}: {damage}", patient=patient_id,
+                         path=_first_file(linked[0]), fix=f"export the {_noun(linked[:1])}"
+                         " again")
     if len(intact) < len(linked):
         skipped = ", ".join(_sop(r) for r in linked if r not in intact)
-        warnings.append(f"{len(linked) - len(intact)} damaged RTSTRUCT(s) skipped"
+        warnings.append(f"{len(linked) - len(intact)} damaged {_noun(linked)}(s) skipped"
                         f" (SOPInstanceUID {skipped})")
     tumour = compile_roi_regex(settings.tumour, "tumour")
     with_tumour = [r for r in intact if match_rois(r["roi_names"], tumour)]
     choice = with_tumour or intact
+    structs = [r for r in choice if r["modality"] == "RTSTRUCT"]
+    segs = [r for r in choice if r["modality"] != "RTSTRUCT"]
+    if structs and segs:  # the rule: an RTSTRUCT before a DICOM-SEG (see the module doc)
+        warnings.append(f"{len(segs)} DICOM-SEG(s) also fit (SOPInstanceUID"
+                        f" {', '.join(_sop(r) for r in segs)}); the RTSTRUCT was used"
+                        " (RTSTRUCTs are preferred)")
+    choice = structs or segs
+    noun = _noun(choice)
     choice.sort(key=lambda r: r["structure_set_date"], reverse=True)
     if len(choice) > 1:
-        warnings.append(f"{len(choice)} usable RTSTRUCTs; the newest was used"
+        warnings.append(f"{len(choice)} usable {noun}s; the newest was used"
                         f" (SOPInstanceUID {_sop(choice[0])})")
     consistent = [r for r in choice if Problem.FOR_MISMATCH not in r["problem_codes"]]
     if consistent and len(consistent) < len(choice):
-        warnings.append(f"{len(choice) - len(consistent)} RTSTRUCT(s) with a Frame of"
+        warnings.append(f"{len(choice) - len(consistent)} {noun}(s) with a Frame of"
                         " Reference mismatch skipped")
         choice = consistent
     struct = choice[0]
     mismatch = problem_messages(struct, Problem.FOR_MISMATCH)
     if mismatch:
         raise DicomError(mismatch[0], patient=patient_id, path=_first_file(struct),
-                         fix="re-export the RTSTRUCT on the CT's Frame of Reference")
+                         fix=f"re-export the {noun} on the CT's Frame of Reference")
     series = [r for r in mine if r["modality"] == "CT"
               and r["series_uid"] == struct["linked_series_uid"]]
     if len(series) != 1:
@@ -127,19 +143,27 @@ def select_inputs(rows: list[dict], patient: str, settings: RoiPatterns,
     others = [r for r in mine if r["modality"] == "CT" and r is not series[0]]
     if others:
         warnings.append(f"{len(others)} other CT series ignored (not referenced by the"
-                        " RTSTRUCT)")
-    warnings.extend(f"RTSTRUCT: {p}" for p in struct["problems"])
+                        f" {noun})")
+    warnings.extend(f"{noun}: {p}" for p in struct["problems"])
     root = _root(dicom_root or series[0].get("dicom_root"), series[0]["files"])
     return PatientInputs(
         patient_id=patient_id,
         ct_files=[str(root / f) for f in series[0]["files"]],
-        rtstruct=str(root / struct["files"][0]),
+        rtstruct=str(root / struct["files"][0]) if noun == "RTSTRUCT" else "",
         warnings=warnings,
         root=str(root),
+        seg=str(root / struct["files"][0]) if noun != "RTSTRUCT" else "",
     )
 
 
-_DAMAGED_RTSTRUCT = frozenset({Problem.TRUNCATED, Problem.MALFORMED_RTSTRUCT})
+_DAMAGED = frozenset({Problem.TRUNCATED, Problem.MALFORMED_RTSTRUCT, Problem.MALFORMED_SEG})
+
+
+def _noun(rows: list[dict]) -> str:
+    """What the rows are: "RTSTRUCT", "DICOM-SEG" or "RTSTRUCT or DICOM-SEG"."""
+    kinds = {r["modality"] for r in rows}
+    return ("RTSTRUCT" if kinds <= {"RTSTRUCT"} else "DICOM-SEG" if kinds == {"SEG"}
+            else "RTSTRUCT or DICOM-SEG")
 
 
 def _first_file(row: dict) -> str | None:

@@ -1,7 +1,8 @@
-"""Link an RTSTRUCT index row to one CT series of the same patient.
+"""Link an RTSTRUCT or DICOM-SEG index row to one CT series of the same patient.
 
 By referenced SeriesInstanceUID first, else by Frame of Reference plus geometry (the
-contours' bounding box must lie within, or at least overlap, the series' extent).
+contours' or SEG frames' bounding box must lie within, or at least overlap, the series'
+extent).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def _overlaps(bbox, extent) -> bool:
 
 def link_rtstruct(row: dict, ct_by_uid: dict[str, list[SeriesGroup]],
                   series: dict[tuple[str, str, str], SeriesGroup]) -> None:
-    """Set `linked_series_uid`/`link_method` of an RTSTRUCT row, or record why not.
+    """Set `linked_series_uid`/`link_method` of an RTSTRUCT or SEG row, or record why not.
 
-    `row["_bbox"]` is the contours' LPS bounding box (or None); `ct_by_uid` maps a
+    `row["_bbox"]` is the contours' (SEG: frames') LPS bounding box (or None); `ct_by_uid` maps a
     SeriesInstanceUID to its linkable series; `series` holds every image series.
     """
     pid = row["patient_id"]
+    kind = "RTSTRUCT" if row["modality"] == "RTSTRUCT" else "DICOM-SEG"
+    shapes = "contours" if kind == "RTSTRUCT" else "segmentation frames"
     if not pid:  # no PatientID (recorded): nothing to join it with, never linked
         return
     target = None
@@ -60,7 +63,8 @@ def link_rtstruct(row: dict, ct_by_uid: dict[str, list[SeriesGroup]],
                            and _overlaps(row["_bbox"], c.bbox)]
             if not containing and overlapping:
                 add_problem(row, Problem.CONTOURS_BEYOND_SERIES,
-                            "contours extend beyond the CT series linked by Frame of Reference")
+                            f"{shapes} extend beyond the CT series linked by Frame of"
+                            " Reference")
             candidates = containing or overlapping
         if len(candidates) > 1:
             candidates.sort(key=lambda c: -len(c.records))
@@ -78,11 +82,14 @@ def link_rtstruct(row: dict, ct_by_uid: dict[str, list[SeriesGroup]],
             fors = ", ".join(row["referenced_for_uids"]) or "(none)"
             add_problem(row, Problem.NO_FITTING_SERIES,
                         "no referenced series, and no CT series of this patient"
-                        f" with Frame of Reference {fors} fits the contours")
+                        f" with Frame of Reference {fors} fits the {shapes}")
         return
     row["linked_series_uid"] = target.rows["series_uid"]
     ct_for = target.rows["frame_of_reference_uid"]
     if ct_for and row["referenced_for_uids"] and ct_for not in row["referenced_for_uids"]:
         add_problem(row, Problem.FOR_MISMATCH,
-                    f"Frame of Reference mismatch: RTSTRUCT {', '.join(row['referenced_for_uids'])}"
+                    f"Frame of Reference mismatch: {kind} {', '.join(row['referenced_for_uids'])}"
                     f" vs CT {ct_for}")
+
+
+link_object = link_rtstruct  # the same for a DICOM-SEG row

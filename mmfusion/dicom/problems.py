@@ -19,6 +19,7 @@ class Problem(StrEnum):
     NO_PATIENT_ID = "no_patient_id"  # never linked; listed in qc/exclusions.tsv
     BAD_CONTOUR_DATA = "bad_contour_data"  # non-numeric, NaN/inf, or incomplete ContourData
     MALFORMED_RTSTRUCT = "malformed_rtstruct"  # a required RTSTRUCT element missing/unusable
+    MALFORMED_SEG = "malformed_seg"  # a DICOM-SEG without usable segments or references
     # objects and series that are listed but not used
     UNUSED_OBJECT = "unused_object"  # RTPLAN, RTDOSE, ... objects
     UNUSED_SERIES = "unused_series"  # image series of a modality that is not linked (MR, ...)
@@ -36,7 +37,7 @@ class Problem(StrEnum):
     # one patient
     SHARED_PATIENT_ID = "shared_patient_id"  # one PatientID, several PatientName/BirthDate
     PATIENT_ID_COLLISION = "patient_id_collision"  # two PatientIDs, one folder (up to case)
-    # RTSTRUCT -> CT linking
+    # RTSTRUCT / DICOM-SEG -> CT linking
     REFERENCED_SERIES_OTHER_PATIENT = "referenced_series_other_patient"
     CONTOURS_BEYOND_SERIES = "contours_beyond_series"
     SEVERAL_FITTING_SERIES = "several_fitting_series"
