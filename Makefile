@@ -55,10 +55,11 @@ lint: $(STAMP)
 clean-demo:
 	rm -rf results .snakemake
 
-# Training on a CUDA GPU: device, DGL CUDA, step time, memory, amp (README). Needs a CUDA
-# GPU; not part of CI.
+# Training on a CUDA GPU: mmfusion in each graph mode (torch / DGL hybrid / DGL on the GPU),
+# samples/s, graph copy share, memory, amp bf16/fp16 (README); JSON in bench_results/. Not
+# part of CI. Without a GPU it prints one line and exits 3, which is not a failure here.
 gpu-check: $(STAMP)
-	$(BIN)/python bench/gpu_check.py
+	$(BIN)/python bench/gpu_check.py || [ $$? -eq 3 ]
 
 # The workflow through a real SLURM scheduler: a single-node Slurm on this machine (root,
 # Debian; workflow/scripts/slurm-local.sh up|down), a 40-patient demo with every job submitted

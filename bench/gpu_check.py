@@ -1,34 +1,48 @@
-"""GPU check: train every deep variant for a few epochs at the paper's shapes on one GPU.
+"""GPU check: mmfusion in each graph mode, then every deep variant, at the paper's shapes.
 
 Not a test (CI never runs it). On a machine with a CUDA GPU it writes a synthetic
 paper-shape cohort (random patches with a weak label signal, as `bench/bench_train.py`
 makes them) into a memory-mapped patch cache, trains base1, base2, base3 and mmfusion on
 one fold through the real training phases (`mmfusion.train.phases`: augmentation on the
-device, validation, checkpoints, test scoring), each with `train.amp` off and bf16, and
-prints one row per run: device, the graph backend (`model.graph_backend: auto`: DGL where it
-can run on the device, else the torch layers), step time, samples/s, training-epoch
-time, validation and checkpoint time, peak GPU memory (`torch.cuda.max_memory_allocated`)
-and the share of the training epoch spent waiting for data. The first epoch (cuDNN and
+device, validation, checkpoints, test scoring).
+
+First mmfusion in each graph mode it can run (`bench/gpu_check_modes.py`: `torch` layers
+on the GPU; `dgl-hybrid`, DGL's graph layer on the CPU and the rest on the GPU; `dgl` on
+the GPU where DGL has CUDA), each with `train.amp` off, bf16 and fp16: samples/s, the
+share of the last training epoch spent in the graph section (`copy %`: moving the vertex
+features to the graph layer's device and back; `graph %`: copies + layer forward +
+backward, timed with a CUDA synchronise around each), peak GPU memory, and whether the run
+trains (finite loss and parameters, graph layer and the rest updated). Then the variant
+sweep, each with `train.amp` off and bf16, one row per run: device, the graph backend
+(`model.graph_backend: auto`: DGL where it can run on the device, else the torch layers),
+step time, samples/s, training-epoch time, validation and checkpoint time, peak GPU
+memory (`torch.cuda.max_memory_allocated`) and the share of the training epoch spent
+waiting for data. The first epoch (cuDNN and
 allocator warm-up; for mmfusion the guide warm-up) is left out of the timings when there
 are more. It takes a free GPU the way training jobs do (`mmfusion.train.gpu_lock`).
 
     python bench/gpu_check.py                      # paper shapes, ResNet-18, 120 patients
     python bench/gpu_check.py --depth 50 --epochs 2
     python bench/gpu_check.py --device cpu --tiny  # smoke run of the code path, no GPU
+    python bench/gpu_check.py --variants ""        # graph modes only
 
 Paper shapes: tumour 42x128x128, nodes 22x90x90, 16x68x68, 8x48x48, one backbone per patch
 kind (width 64, 132 M parameters at depth 18), batch 12: 5.7 TFLOP per training step at
 depth 18, 7.8 at depth 50 (torch's FLOP counter), i.e. well under a second per step on a
 current GPU. Each run writes its 1.6 GB resumable checkpoint every epoch, as training
 does. `--budget-minutes` (default 7.5) skips a run that would end after it, judged by
-the longest run so far. Exit 2 with one line when `--device cuda` (the default) finds no
-CUDA GPU. With PyPI's CPU-only DGL on a GPU machine, base3 and mmfusion run their graph
-layer in torch on the GPU (`mmfusion.model.graph_backend`).
+the longest run so far. Everything printed also goes to a JSON file (`--json`, default
+`bench_results/gpu_check.json`). Exit 3 (`NO_GPU_EXIT`; `make gpu-check` counts it as
+success) with one line when `--device cuda` (the default) finds no CUDA GPU; 0 after a
+check, 1 when a run fails to train. In the variant sweep, with PyPI's CPU-only DGL on a GPU
+machine, base3 and mmfusion run their graph layer in torch on the GPU (`graph_backend:
+auto`, `mmfusion.model.graph_backend`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -44,6 +58,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_check_modes as modes  # noqa: E402
 
 from mmfusion.errors import ConfigError  # noqa: E402
 from mmfusion.model.mmfusion import NODE_KEYS, ModelConfig  # noqa: E402
@@ -53,10 +70,12 @@ from mmfusion.train.dataset import PATCH_KINDS, SplitData, open_patch_cache  # n
 from mmfusion.train.device import (  # noqa: E402
     describe_device,
     dgl_cuda_status,
+    graph_placement,
     precision_for,
     torch_cuda_status,
 )
 from mmfusion.train.loop import _setup_run  # noqa: E402
+from mmfusion.train.metrics import json_safe  # noqa: E402
 from mmfusion.train.phases import (  # noqa: E402
     record_epoch,
     score_test,
@@ -121,22 +140,35 @@ def _sync(device: torch.device) -> None:
 
 
 def train_one(variant: str, amp: str, splits: dict[str, SplitData], model_kw: dict[str, Any],
-              args: argparse.Namespace, device: torch.device, out: Path) -> dict[str, Any]:
-    """Train `variant` for `args.epochs` epochs at `amp`; timings and peak memory."""
-    model_cfg = ModelConfig(variant=variant, **model_kw)
+              args: argparse.Namespace, device: torch.device, out: Path,
+              mode: str | None = None) -> dict[str, Any]:
+    """Train `variant` for `args.epochs` epochs at `amp` (in graph `mode`, else
+    `graph_backend: auto`); timings, peak memory and, for a mode, the graph section's share
+    of the last epoch and whether the parameters moved."""
+    backend, pin, _ = modes.mode_setup(mode, device) if mode else ("auto", False, None)
+    model_cfg = ModelConfig(variant=variant, **{**model_kw, "graph_backend": backend})
     cfg = TrainConfig.from_config({
-        "epochs": args.epochs, "batch_size": args.batch, "warmup_epochs": 1,
+        "epochs": args.epochs, "batch_size": args.batch,
+        "warmup_epochs": min(1, args.epochs - 1),
         "select_from": 0, "seed": 0, "device": device.type, "amp": amp, "progress": False})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = _setup_run(model_cfg, cfg, splits, out, 0, None, device=device)
-    epochs = []
+    if pin:
+        modes.pin_graph_to_cpu(run)
+    before = modes.snapshot(run.model)
+    epochs, share = [], {}
     for epoch in range(cfg.epochs):
-        _sync(device)
-        t0 = time.perf_counter()
-        stats = train_epoch(run, splits["train"], epoch)
-        _sync(device)
-        t1 = time.perf_counter()
+        timed = mode is not None and epoch == cfg.epochs - 1  # the graph timer's epoch
+        with (modes.graph_timer(run.model, device) if timed
+              else contextlib.nullcontext()) as timer:
+            _sync(device)
+            t0 = time.perf_counter()
+            stats = train_epoch(run, splits["train"], epoch)
+            _sync(device)
+            t1 = time.perf_counter()
+        if timed:
+            share = modes.graph_share(timer, t1 - t0)
         val_auc, val_brier = validate_and_select(run, splits["val"], epoch, stats.phase)
         _sync(device)
         t2 = time.perf_counter()
@@ -150,7 +182,8 @@ def train_one(variant: str, amp: str, splits: dict[str, SplitData], model_kw: di
     _sync(device)
     test_s = time.perf_counter() - t4
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
-    timed = epochs[1:] or epochs  # the first epoch warms up cuDNN and the allocator
+    # the first epoch warms up cuDNN and the allocator; a mode's last one runs the timer
+    timed = (epochs[1:-1] if mode and len(epochs) > 2 else epochs[1:]) or epochs
     n = len(splits["train"])
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
     train_s = float(np.mean([e["train_s"] for e in timed]))
@@ -162,7 +195,10 @@ def train_one(variant: str, amp: str, splits: dict[str, SplitData], model_kw: di
               "wait": float(np.mean([e["data_s"] / e["train_s"] for e in timed])),
               "aug": float(np.mean([e["aug_s"] / e["train_s"] for e in timed])),
               "loss": epochs[-1]["loss"], "test_auc": metrics["test"]["auc"],
-              "graph": run.model.graph_backend or "-"}
+              "graph": run.model.graph_backend or "-",
+              **graph_placement(run.model, device), **share}
+    if mode:
+        result.update(mode=mode, **modes.changed(run.model, before))
     del run
     gc.collect()
     if device.type == "cuda":
@@ -188,6 +224,42 @@ def _table(device: torch.device, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _runs(plan: list[tuple[str, str, str | None]], splits: dict[str, SplitData],
+          model_kw: dict[str, Any], args: argparse.Namespace, device: torch.device,
+          tmp: Path, start: float) -> list[dict[str, Any]]:
+    """Train each (variant, amp, graph mode or None) of `plan` within the time budget."""
+    rows: list[dict[str, Any]] = []
+    longest = 0.0  # seconds of the longest run so far (the budget's estimate of the next)
+    for variant, amp, mode in plan:
+        row: dict[str, Any] = {"variant": variant, "amp": amp, "mode": mode}
+        try:
+            effective = precision_for(amp, device).mode
+        except ConfigError as err:
+            row["skipped"] = str(err)
+        else:
+            why = modes.mode_setup(mode, device)[2] if mode else None
+            if why:
+                row["skipped"] = why
+            elif effective != amp:
+                row["skipped"] = f"amp {amp} is ignored on the {device.type}"
+            elif time.monotonic() - start + longest > 60 * args.budget_minutes:
+                row["skipped"] = f"would end after the {args.budget_minutes} min budget"
+        if "skipped" not in row:
+            t_run = time.monotonic()
+            out = tmp / f"{variant}_{amp}_{mode or 'auto'}"
+            row = train_one(variant, amp, splits, model_kw, args, device, out, mode)
+            shutil.rmtree(out, ignore_errors=True)  # GBs of checkpoints per run
+            longest = max(longest, time.monotonic() - t_run)
+            print(f"  {variant} {mode or ''} amp {amp}: {row['step_ms']:.1f} ms/step, run "
+                  f"{time.monotonic() - t_run:.0f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def _csv(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -198,12 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, help="cohort size (default 120; tiny 16)")
     ap.add_argument("--epochs", type=int, help="epochs per run (default 3; tiny 2)")
     ap.add_argument("--batch", type=int, help="batch size (default 12; tiny 4)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    ap.add_argument("--amp", default="off,bf16", help="comma-separated train.amp modes")
+    ap.add_argument("--modes", default=",".join(modes.MODES),
+                    help="mmfusion's graph modes, comma-separated ('' for none)")
+    ap.add_argument("--mode-amp", default="off,bf16,fp16",
+                    help="train.amp modes of the graph-mode runs")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="variant sweep, comma-separated ('' for none)")
+    ap.add_argument("--amp", default="off,bf16", help="train.amp modes of the variant sweep")
     ap.add_argument("--budget-minutes", type=float, default=7.5,
                     help="runs that would start after this are skipped")
     ap.add_argument("--workdir", help="where the cohort and checkpoints go (default: a "
                     "temporary folder, removed at the end)")
+    ap.add_argument("--json", default="bench_results/gpu_check.json",
+                    help="where the results go (default: bench_results/gpu_check.json)")
     args = ap.parse_args(argv)
     start = time.monotonic()
     shapes = SHAPES["tiny" if args.tiny else "paper"]
@@ -217,55 +296,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         ok, why = torch_cuda_status()
         if not ok:
-            print(f"gpu_check: no CUDA GPU to check: {why}", file=sys.stderr)
-            return 2
+            print(f"gpu_check: no GPU: {why}; nothing measured")
+            return modes.NO_GPU_EXIT
         from mmfusion.train.gpu_lock import acquire_gpu
 
         lease = acquire_gpu()
         torch.cuda.set_device(lease.index)
         device = torch.device("cuda", lease.index)
-        if not dgl_cuda:
-            print(f"gpu_check: {dgl_why}: base3/mmfusion run their graph layer in torch",
-                  file=sys.stderr)
     else:
         device = torch.device("cpu")
-    print(describe_device(device))
+    described = describe_device(device)
+    print(described)
     print(f"shapes: tumour {shapes['tumour']}, nodes {shapes['nodes']}; model {model_kw}; "
           f"{args.patients} patients (60/20/20), batch {args.batch}, {args.epochs} epochs, "
           f"{torch.get_num_threads()} CPU threads")
-    rows: list[dict[str, Any]] = []
-    longest = 0.0  # seconds of the longest run so far (the budget's estimate of the next)
+    plan = [("mmfusion", amp, mode) for mode in _csv(args.modes) for amp in _csv(args.mode_amp)]
+    plan += [(variant, amp, None) for amp in _csv(args.amp) for variant in _csv(args.variants)]
     with tempfile.TemporaryDirectory(prefix="gpu_check_", dir=args.workdir) as tmp:
         t0 = time.perf_counter()
         splits = make_splits(Path(tmp), shapes, args.patients)
         print(f"cohort written in {time.perf_counter() - t0:.1f} s", flush=True)
-        for amp in args.amp.split(","):
-            for variant in args.variants.split(","):
-                row: dict[str, Any] = {"variant": variant, "amp": amp}
-                try:
-                    effective = precision_for(amp, device).mode
-                except ConfigError as err:
-                    row["skipped"] = str(err)
-                else:
-                    if effective != amp:
-                        row["skipped"] = f"amp {amp} is ignored on the {device.type}"
-                    elif time.monotonic() - start + longest > 60 * args.budget_minutes:
-                        row["skipped"] = f"would end after the {args.budget_minutes} min budget"
-                if "skipped" not in row:
-                    t_run = time.monotonic()
-                    out = Path(tmp) / f"{variant}_{amp}"
-                    row = train_one(variant, amp, splits, model_kw, args, device, out)
-                    shutil.rmtree(out, ignore_errors=True)  # GBs of checkpoints per run
-                    longest = max(longest, time.monotonic() - t_run)
-                    print(f"  {variant} amp {amp}: {row['step_ms']:.1f} ms/step, run "
-                          f"{time.monotonic() - t_run:.0f} s", flush=True)
-                rows.append(row)
-    print(f"DGL CUDA: {'yes' if dgl_cuda else 'no'}")
-    print(_table(device, rows))
-    print(f"total {time.monotonic() - start:.0f} s; step/epoch/val/ckpt times are means over "
-          f"epochs 2..{args.epochs} (all when 1); data wait / aug = share of the training "
+        rows = _runs(plan, splits, model_kw, args, device, Path(tmp), start)
+    print(f"DGL CUDA: {'yes' if dgl_cuda else f'no ({dgl_why})'}")
+    mode_rows = [r for r in rows if r.get("mode")]
+    if mode_rows:
+        print(modes.mode_table(mode_rows))
+        print("copy % / graph %: share of the last training epoch spent moving the vertex "
+              "features to the graph layer and back / in the whole graph section (copies, "
+              "layer, backward)")
+    sweep = [r for r in rows if not r.get("mode")]
+    if sweep:
+        print(_table(device, sweep))
+    total = time.monotonic() - start
+    print(f"total {total:.0f} s; step/epoch/val/ckpt times are means over epochs "
+          f"2..{args.epochs} (all when 1; a mode's last epoch, which runs the graph timer, "
+          "left out when there are 3 or more); data wait / aug = share of the training "
           "epoch the loop spent reading batches / augmenting them (CPU random numbers)")
-    return 0
+    report = {"device": str(device), "describe": described, "dgl_cuda": dgl_cuda,
+              "dgl_cuda_reason": dgl_why, "shapes": shapes["tumour"], "model": model_kw,
+              "patients": args.patients, "epochs": args.epochs, "batch": args.batch,
+              "amp_trains": modes.amp_summary(rows), "runs": rows, "total_s": total}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(report), indent=1) + "\n")
+    print(f"written: {path}")
+    failed = [r for r in mode_rows if "skipped" not in r and not modes.trains(r)]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
