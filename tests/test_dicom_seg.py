@@ -242,13 +242,13 @@ def test_fractional_seg_linked_by_frame_of_reference_only(tmp_path):
     write_seg(tmp_path / "root/seg.dcm", paths, {"Tumour": prob}, fractional=True,
               references=False)
     other = CTGrid(patient_id="PAT001", study_uid=grid.study_uid, for_uid=grid.for_uid,
-                   origin=(-24.0, -20.0, 100.0))  # same FoR, elsewhere: must not be chosen
-    write_ct(tmp_path / "root/other", other)
+                   origin=(-24.0, -20.0, 100.0), shape=(30, 40, 48))
+    write_ct(tmp_path / "root/other", other)  # same FoR, larger, elsewhere: not chosen
     rows, _, summary = _convert_root(tmp_path / "root", tmp_path / "out",
                                      tumour="tumou?r")
     row = next(r for r in rows if r["modality"] == "SEG")
     assert row["referenced_series_uids"] == []
-    assert row["link_method"] == "frame_of_reference+geometry"
+    assert row["link_method"] == "frame_of_reference+geometry" and not row["problems"]
     assert row["linked_series_uid"] == grid.series_uid
     np.testing.assert_array_equal(_nifti(tmp_path / "out/gtv_t.nii.gz"), prob >= 0.5)
     assert summary["seg"]["segmentation_type"] == "FRACTIONAL"
@@ -317,3 +317,35 @@ def test_seg_patient_counts_as_ready(tmp_path):
     assert patients_from_index(tmp_path / "index.tsv") == [safe]
     _, rois, _ = _index_patients(rows)
     assert rois == {safe: ["GTV-T"]}
+
+
+# --------------------------------------------------------------------------- real data
+
+@pytest.mark.slow
+def test_lung1_seg_from_rtstruct_masks_gives_the_same_masks(shared_data, tmp_path):
+    """LUNG1-001 (TCIA NSCLC-Radiomics): masks of the RTSTRUCT route, written as a DICOM-SEG
+    by highdicom over the CT, come back voxel for voxel through the SEG route."""
+    import os
+
+    from mmfusion.dicom.convert import ConvertSettings, convert_patient, inputs_from_folder
+
+    lung1 = shared_data / "nsclc-radiomics-lung1-001/LUNG1-001"
+    settings = ConvertSettings.from_config({"tumour": "GTV-1", "node": "Spinal-Cord"})
+    rt = convert_patient(inputs_from_folder(lung1, settings), tmp_path / "rt", settings)
+    gtv_t = _nifti(tmp_path / "rt/gtv_t.nii.gz").astype(bool)
+    gtv_n = _nifti(tmp_path / "rt/gtv_n.nii.gz")
+    assert rt["tumour"]["voxels"] == 54639 and len(rt["nodes"]) == 1
+    root = tmp_path / "seg_root"
+    (root / "image").mkdir(parents=True)
+    images = sorted((lung1 / "image").glob("*.dcm"))
+    for f in images:
+        os.symlink(f, root / "image" / f.name)
+    write_seg(root / "seg" / "seg.dcm", images, {"GTV-1": gtv_t, "Spinal-Cord": gtv_n > 0})
+    seg = convert_patient(inputs_from_folder(root, settings), tmp_path / "seg", settings)
+    assert seg["mask_source"] == "seg" and rt["mask_source"] == "rtstruct"
+    np.testing.assert_array_equal(_nifti(tmp_path / "seg/gtv_t.nii.gz"), gtv_t)
+    np.testing.assert_array_equal(_nifti(tmp_path / "seg/gtv_n.nii.gz"), gtv_n)
+    np.testing.assert_array_equal(_nifti(tmp_path / "seg/ct.nii.gz"),
+                                  _nifti(tmp_path / "rt/ct.nii.gz"))
+    assert seg["tumour"] == rt["tumour"] and seg["nodes"] == rt["nodes"]
+    assert seg["ct"] == rt["ct"]
