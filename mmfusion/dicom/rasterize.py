@@ -4,7 +4,9 @@ Every contour is mapped into continuous voxel indices (x, y, k) of the CT grid. 
 is matched to the nearest slice when within `plane_tolerance` (a fraction of the slice
 spacing); per-contour SOP references are ignored because archives often carry stale
 ones. A voxel is inside when its centre is inside under the even-odd rule over all
-polygons of the ROI on that slice, so holes and nested polygons survive.
+polygons of the ROI on that slice, so holes and nested polygons survive. A contour that
+encloses no area (fewer than three distinct points, or all on one line) is not filled and
+is counted (`no_area`, a warning).
 
 The fill is a vectorised scan-line algorithm: each edge yields one crossing per pixel-centre
 row it spans (half-open in y, so vertices on a row count once); a crossing at x toggles
@@ -35,6 +37,7 @@ class RasterReport:
     clipped: int = 0  # partly outside the in-plane field of view
     outside_fov: int = 0  # wholly outside the in-plane field of view (nothing to fill)
     degenerate: int = 0  # fewer than 3 points, or NaN/infinite coordinates
+    no_area: int = 0  # fewer than 3 distinct points in plane, or all on one line
     not_closed: dict[str, int] = field(default_factory=dict)  # POINT, OPEN_PLANAR, ...
     off_volume_planes_mm: list[float] = field(default_factory=list)
 
@@ -60,9 +63,26 @@ class RasterReport:
         if self.degenerate:
             out.append(f"ROI {roi!r}: {self.degenerate} contour(s) with fewer than 3 points"
                        " or non-finite coordinates ignored")
+        if self.no_area:
+            out.append(f"ROI {roi!r}: {self.no_area} contour(s) enclose no area (fewer than"
+                       " 3 distinct points, or all points on one line); not rasterised")
         for kind, n in sorted(self.not_closed.items()):
             out.append(f"ROI {roi!r}: {n} {kind} contour(s) reported, not rasterised")
         return out
+
+
+NO_AREA_TOL = 1e-3  # voxels: every point this close to one line -> the polygon has no area
+
+
+def encloses_no_area(xy: np.ndarray) -> bool:
+    """Whether an in-plane polygon (N, 2), in voxel units, encloses no area: fewer than 3
+    distinct points, or all points within `NO_AREA_TOL` of one line (collinear). Filling
+    one would give nothing or, by rounding, stray voxels along the line."""
+    if len(np.unique(np.round(xy, 6), axis=0)) < 3:
+        return True
+    centred = xy - xy.mean(axis=0)
+    minor = np.linalg.svd(centred, full_matrices=False)[2][-1]  # normal of the best line
+    return float(np.abs(centred @ minor).max()) < NO_AREA_TOL
 
 
 def world_to_index(points: np.ndarray, origin: np.ndarray, spacing, direction) -> np.ndarray:
@@ -105,6 +125,9 @@ def rasterise_roi(
             report.degenerate += 1
             continue
         idx = world_to_index(pts, origin, spacing, direction)
+        if encloses_no_area(idx[:, :2]):
+            report.no_area += 1
+            continue
         k_mean = float(idx[:, 2].mean())
         if float(np.abs(idx[:, 2] - k_mean).max()) > plane_tolerance:
             report.nonplanar += 1
