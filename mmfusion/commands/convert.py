@@ -1,4 +1,5 @@
-"""`mmfusion convert`: one patient's CT + RTSTRUCT -> ct.nii.gz, gtv_t/gtv_n.nii.gz, rois.json.
+"""`mmfusion convert`: one patient's CT + RTSTRUCT or DICOM-SEG (or the manifest's NIfTI/NRRD/...
+image and masks) -> ct.nii.gz, gtv_t/gtv_n.nii.gz, rois.json.
 
 Two forms:
     mmfusion convert PATIENT_DICOM_DIR --out OUT_DIR [--tumour-roi REGEX] [--node-roi REGEX]
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert one patient's CT series and RTSTRUCT to NIfTI volumes/masks",
+        "convert", help="convert one patient's CT series and RTSTRUCT or DICOM-SEG (or manifest"
+        " images) to NIfTI volumes/masks",
         description="Write OUT_DIR/ct.nii.gz (HU), gtv_t.nii.gz (0/1), gtv_n.nii.gz (uint16"
         " label map, one label per node, largest first) and rois.json.",
     )
@@ -122,19 +124,9 @@ def _manifest_row(manifest_index: str | None, patient: str | None) -> dict | Non
 
 
 def _convert_manifest(row: dict, args: argparse.Namespace, settings) -> dict:
-    """Convert a manifest patient; a problem the index recorded is its refusal."""
-    from mmfusion.dicom.relpaths import relative_text
-    from mmfusion.errors import ImageError
-    from mmfusion.images.convert import convert_manifest_patient
-    from mmfusion.images.manifest import entry_from_row
+    from mmfusion.images.convert import convert_manifest_row
 
-    if row["problems"]:
-        more = f" (and {len(row['problems']) - 1} more)" if len(row["problems"]) > 1 else ""
-        raise ImageError(relative_text(row["problems"][0], row["manifest_dir"]) + more,
-                         patient=row["patient_id"],
-                         fix="correct the manifest row or its files, then run again")
-    return convert_manifest_patient(entry_from_row(row), args.out, settings,
-                                    base=row["manifest_dir"])
+    return convert_manifest_row(row, args.out, settings)
 
 
 def _report(summary: dict, args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmfusion.dicom.index import index_dicom
+    from mmfusion.dicom.index import index_dicom, is_mask_row
     from mmfusion.dicom.index_io import write_index
     from mmfusion.images.manifest import index_manifest, write_manifest_index
 
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if manifest_out:
         manifest_rows = index_manifest(args.manifest) if args.manifest else []
         write_manifest_index(manifest_rows, manifest_out)
-        dicom_ids = {r["patient"] for r in rows
-                     if r["modality"] == "RTSTRUCT" and r["linked_series_uid"]}
+        dicom_ids = {r["patient"] for r in rows if is_mask_row(r) and r["linked_series_uid"]}
         log.info("manifest: %d patient(s), %d with problems -> %s", len(manifest_rows),
                  sum(1 for r in manifest_rows if r["problems"]), manifest_out)
         for row in manifest_rows:
@@ -61,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
             if row["patient"] in dicom_ids:
                 log.warning("%s: in the manifest and in the DICOM archive (preflight refuses"
                             " this: a patient comes from one of them)", row["patient_id"])
-    linked = {r["patient"] for r in rows if r["modality"] == "RTSTRUCT" and r["linked_series_uid"]}
+    linked = {r["patient"] for r in rows if is_mask_row(r) and r["linked_series_uid"]}
     with_problems = sum(1 for r in rows if r["problems"])
-    log.info("indexed %d rows: %d patient(s) with a CT linked to an RTSTRUCT; %d row(s) with"
+    log.info("indexed %d rows: %d patient(s) with a CT linked to an RTSTRUCT or DICOM-SEG; %d"
+             " row(s) with"
              " problems -> %s", len(rows), len(linked), with_problems, args.out)
     for row in rows:
-        if row["problems"] and row["modality"] in ("CT", "RTSTRUCT"):
+        if row["problems"] and (row["modality"] == "CT" or is_mask_row(row)):
             log.warning("%s %s %s: %s", row["patient_id"] or "(no PatientID)", row["modality"],
                         row["files"][0] if row["files"] else "",
                         "; ".join(row["problems"])[:500])

@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(one row per patient that could not be scored, with the reason). The "
                     "bundle's checksums are verified before anything is loaded.")
     p.add_argument("--bundle", required=True, help="bundle folder (results/bundle/VARIANT)")
-    p.add_argument("--dicom", required=True, help="the new patients' DICOM folder, any layout")
+    p.add_argument("--dicom", help="the new patients' DICOM folder, any layout")
+    p.add_argument("--manifest", help="a manifest (CSV/TSV: patient_id, image, tumour[, nodes,"
+                   " tumour_label]) of new patients given as NIfTI/NRRD/MetaImage images and"
+                   " masks (README \"Your images are not DICOM-RT\"); with or without --dicom")
     p.add_argument("--clinical", required=True,
                    help="their clinical table (the bundle's columns; the label is optional)")
     p.add_argument("--hematology", help="their hematology table (when the bundle uses one)")
@@ -42,7 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmfusion.predict.run import predict
 
-    summary = predict(args.bundle, args.dicom, args.clinical, args.out,
+    if not args.dicom and not args.manifest:
+        raise SystemExit("mmfusion predict: give the new patients' images: --dicom FOLDER"
+                         " and/or --manifest FILE")
+    summary = predict(args.bundle, args.dicom, args.clinical, args.out, manifest=args.manifest,
                       hematology=args.hematology, work=args.work,
                       workers=max(1, args.workers), progress=not args.no_progress,
                       device=args.device, prepare_only=args.prepare_only,

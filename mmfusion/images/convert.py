@@ -52,6 +52,24 @@ def convert_manifest_patient(entry: ManifestEntry, out_dir: str | Path,
         return summary
 
 
+def convert_manifest_row(row: dict, out_dir: str | Path, settings: ConvertSettings) -> dict:
+    """Convert the patient of a manifest index row (`read_manifest_index`); a problem the
+    index recorded for its files is its refusal (paths relative to the manifest's folder).
+
+    Raises:
+        MMFusionError: a refusal naming the patient and the file.
+    """
+    from mmfusion.images.manifest import entry_from_row
+
+    if row["problems"]:
+        more = f" (and {len(row['problems']) - 1} more)" if len(row["problems"]) > 1 else ""
+        raise ImageError(relative_text(row["problems"][0], row["manifest_dir"]) + more,
+                         patient=row["patient_id"],
+                         fix="correct the manifest row or its files, then run again")
+    return convert_manifest_patient(entry_from_row(row), out_dir, settings,
+                                    base=row["manifest_dir"])
+
+
 def _regions(entry: ManifestEntry, masks: dict[str, MaskFile], settings: ConvertSettings,
              warnings: list[str]) -> tuple[list[tuple[str, str, object]], list[tuple[str, str,
                                                                                       object]]]:

@@ -48,9 +48,10 @@ class ManifestEntry:
 
 
 def _delimiter(path: Path, header: str) -> str:
-    if path.suffix.lower() in (".tsv", ".tab", ".txt") or ("\t" in header and "," not in header):
-        return "\t"
-    return ","
+    """Tab or comma: the one the header line uses (by the suffix when it holds both)."""
+    if ("\t" in header) != ("," in header):
+        return "\t" if "\t" in header else ","
+    return "\t" if path.suffix.lower() in (".tsv", ".tab", ".txt") else ","
 
 
 def _label(text: str, path: Path, line: int) -> int | None:

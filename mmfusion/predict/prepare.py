@@ -32,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mmfusion.dicom.index import is_mask_row
 from mmfusion.errors import MMFusionError
 from mmfusion.ids import NO_PATIENT_ID
 from mmfusion.io import write_text_atomic
@@ -75,6 +76,7 @@ class PrepareTask:
     sections: dict[str, Any]
     settings_key: str
     files: tuple[str, ...] = ()
+    manifest_index: str = ""  # the manifest route: convert from this index's row
 
     def key(self) -> str:
         """sha256 of the settings key and of each file's name (relative to the folder the
@@ -134,8 +136,16 @@ def prepare_patient(task: PrepareTask) -> Outcome:
     stage, warnings = "convert", []
     try:
         settings = ConvertSettings.from_config(sections["rois"], sections["convert"])
-        summary = convert_patient(inputs_from_index(index_tsv, patient, settings), folder,
-                                  settings)
+        if task.manifest_index:
+            from mmfusion.images.convert import convert_manifest_row
+            from mmfusion.images.manifest import read_manifest_index
+
+            row = next(r for r in read_manifest_index(task.manifest_index)
+                       if r["patient"] == patient)
+            summary = convert_manifest_row(row, folder, settings)
+        else:
+            summary = convert_patient(inputs_from_index(index_tsv, patient, settings),
+                                      folder, settings)
         warnings += [f"convert: {w}" for w in summary["warnings"]]
         write_text_atomic(folder / "convert_status.json", json.dumps(
             {"patient_id": summary["patient_id"], "status": OK, "reason": "",
@@ -178,25 +188,65 @@ def _index(dicom_root: str | Path, work: Path, key: str, workers: int,
     return read_index(index_tsv)
 
 
+def _manifest(manifest: str | Path, work: Path) -> list[dict]:
+    """The manifest indexed into `work/manifest_index.tsv` (headers only: always redone)."""
+    from mmfusion.images.manifest import (
+        index_manifest,
+        read_manifest_index,
+        write_manifest_index,
+    )
+
+    write_manifest_index(index_manifest(manifest), work / "manifest_index.tsv")
+    return read_manifest_index(work / "manifest_index.tsv")
+
+
+def manifest_files(row: dict) -> tuple[str, ...]:
+    """Every file of a manifest patient (a DICOM folder's files one by one), sorted."""
+    from mmfusion.dicom.headers import iter_files
+
+    files: set[str] = set()
+    for path in (row["image"], row["tumour"], *row["nodes"]):
+        if os.path.isdir(path):
+            files.update(iter_files(path))
+        elif os.path.isfile(path):
+            files.add(path)
+    return tuple(sorted(files))
+
+
 def _preflight(bundle: Bundle, index_tsv: Path, rows: list[dict], tables: NewTables,
-               clinical: str | Path, hematology: str | Path | None) -> None:
+               clinical: str | Path, hematology: str | Path | None,
+               manifest: list[dict] | None = None) -> None:
     """The workflow's preflight checks that apply here: ROI regexes against the ROI names
-    present, IDs colliding on one folder name. Errors stop the run (one line)."""
-    from mmfusion.cohort.preflight import ERROR, PreflightInputs, check_ids, check_rois
+    present, IDs colliding on one folder name, a patient in both the DICOM folder and the
+    manifest. Errors stop the run (one line)."""
+    from mmfusion.cohort.preflight import (
+        ERROR,
+        PreflightInputs,
+        check_ids,
+        check_manifest,
+        check_rois,
+    )
 
     originals: dict[str, set[str]] = {}
     rois: dict[str, list[str]] = {}
     for row in rows:
         if row.get("patient"):
             originals.setdefault(row["patient"], set()).add(row.get("patient_id") or "")
-            if row["modality"] == "RTSTRUCT" and row.get("linked_series_uid"):
+            if is_mask_row(row) and row.get("linked_series_uid"):
                 rois.setdefault(row["patient"], []).extend(row.get("roi_names") or [])
+    manifest = manifest or []
+    dicom_patients = set(linked_patients(rows)[0])
+    for row in manifest:
+        originals.setdefault(row["patient"], set()).add(row["patient_id"])
+        if row["segment_names"]:
+            rois[row["patient"]] = row["segment_names"]
     names = bundle.section("rois")
     inputs = PreflightInputs(index_tsv=index_tsv, clinical=clinical, hematology=hematology,
                              tables=tables.settings, tumour_regex=names["tumour"],
                              node_regex=names["node"], n_folds=len(bundle.folds))
     findings = check_rois(inputs, rois) + check_ids(originals, tables.raw["clinical"],
                                                      tables.raw.get("hematology"))
+    findings += [f for f in check_manifest(manifest, dicom_patients) if f.severity == ERROR]
     for finding in findings:
         log.warning("preflight %s %s %s: %s", finding.severity, finding.kind,
                     finding.patient_id, finding.detail)
@@ -208,30 +258,43 @@ def _preflight(bundle: Bundle, index_tsv: Path, rows: list[dict], tables: NewTab
 
 
 def linked_patients(rows: Iterable[dict]) -> tuple[list[str], list[str]]:
-    """(patients with a CT series linked to an RTSTRUCT, other patients of the index)."""
+    """(patients with a CT series linked to an RTSTRUCT or DICOM-SEG, other patients of the
+    index)."""
     rows = list(rows)
-    linked = {r["patient"] for r in rows if r["modality"] == "RTSTRUCT"
+    linked = {r["patient"] for r in rows if is_mask_row(r)
               and r["linked_series_uid"] and r["patient"] and r["patient"] != NO_PATIENT_ID}
     others = {r["patient"] for r in rows if r.get("patient")} - linked
     return sorted(linked), sorted(others)
 
 
-def prepare_images(bundle: Bundle, dicom_root: str | Path, work: str | Path,
+def prepare_images(bundle: Bundle, dicom_root: str | Path | None, work: str | Path,
                    tables: NewTables, clinical: str | Path, hematology: str | Path | None,
-                   workers: int = 1, progress: bool = True) -> dict[str, Outcome]:
-    """Index, check and prepare every new patient that has table rows; returns an
-    `Outcome` per patient found in the index or the tables (sorted by ID)."""
+                   workers: int = 1, progress: bool = True,
+                   manifest: str | Path | None = None) -> dict[str, Outcome]:
+    """Index, check and prepare every new patient that has table rows (from the DICOM
+    folder and/or the manifest); returns an `Outcome` per patient found in the index, the
+    manifest or the tables (sorted by ID)."""
+    from mmfusion.dicom.index_io import write_index
+
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     key = preparation_key(bundle)
-    rows = _index(dicom_root, work, key, workers, progress)
     index_tsv = work / "dicom_index.tsv"
-    _preflight(bundle, index_tsv, rows, tables, clinical, hematology)
+    if dicom_root:
+        rows = _index(dicom_root, work, key, workers, progress)
+    else:
+        rows = []
+        write_index(rows, index_tsv)
+    manifest_rows = _manifest(manifest, work) if manifest else []
+    _preflight(bundle, index_tsv, rows, tables, clinical, hematology, manifest_rows)
     linked, others = linked_patients(rows)
+    from_manifest = {r["patient"]: r for r in manifest_rows}
+    linked = sorted({*linked, *from_manifest})
+    others = [p for p in others if p not in from_manifest]
     outcomes: dict[str, Outcome] = {}
     for pid in others:
         reason = ("DICOM objects without a PatientID" if pid == NO_PATIENT_ID
-                  else "no CT series linked to an RTSTRUCT")
+                  else "no CT series linked to an RTSTRUCT or DICOM-SEG")
         outcomes[pid] = Outcome(pid, EXCLUDED, "index", reason)
     hema = tables.hematology
     todo = []
@@ -244,10 +307,14 @@ def prepare_images(bundle: Bundle, dicom_root: str | Path, work: str | Path,
             todo.append(pid)
     for pid in tables.clinical.index:
         if pid not in outcomes and pid not in todo:
-            outcomes[pid] = Outcome(pid, EXCLUDED, "index",
-                                    "in the clinical table but no images in the DICOM folder")
+            outcomes[pid] = Outcome(pid, EXCLUDED, "index", "in the clinical table but no "
+                                    "images in the DICOM folder or the manifest")
     sections = {name: bundle.section(name) for name in STAGES}
+    manifest_index = str(work / "manifest_index.tsv")
     tasks = [PrepareTask(pid, str(index_tsv), str(work / "patients" / pid), sections, key,
+                         manifest_files(from_manifest[pid]), manifest_index)
+             if pid in from_manifest else
+             PrepareTask(pid, str(index_tsv), str(work / "patients" / pid), sections, key,
                          patient_files(rows, pid)) for pid in todo]
     log.info("%d patient(s) to prepare (%d excluded before conversion)", len(tasks),
              len(outcomes))

@@ -132,12 +132,14 @@ def _write_outputs(out: Path, frame: pd.DataFrame, scores, warnings: list[str],
             writer.writerow([o.patient, o.stage, " ".join(o.reason.split())])
 
 
-def predict(bundle_dir: str | Path, dicom_root: str | Path, clinical: str | Path,
+def predict(bundle_dir: str | Path, dicom_root: str | Path | None, clinical: str | Path,
             out: str | Path, hematology: str | Path | None = None, *,
             work: str | Path | None = None, workers: int = 1, progress: bool = True,
             device: str | None = None, prepare_only: bool = False,
-            graph_backend: str | None = None) -> PredictSummary:
-    """Score the new patients of `dicom_root` + tables with the bundle; see module doc.
+            graph_backend: str | None = None,
+            manifest: str | Path | None = None) -> PredictSummary:
+    """Score the new patients of `dicom_root` and/or `manifest` (NIfTI/NRRD/... images and
+    masks, README "Your images are not DICOM-RT") + tables with the bundle; see module doc.
 
     Writes `out/predictions.csv`, `exclusions.tsv`, `fold_probabilities.csv`,
     `features.tsv`, `predict_info.json`; the prepared images go to `work` (default
@@ -158,7 +160,7 @@ def predict(bundle_dir: str | Path, dicom_root: str | Path, clinical: str | Path
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else out / "work"
     outcomes = prepare_images(bundle, dicom_root, work, tables, clinical, hematology or None,
-                              workers=workers, progress=progress)
+                              workers=workers, progress=progress, manifest=manifest)
     ok = [pid for pid, o in outcomes.items() if o.status == OK]
     if prepare_only:
         log.info("prepared %d patient(s) in %s", len(ok), work)

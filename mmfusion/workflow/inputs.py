@@ -49,6 +49,10 @@ class CohortInputs:
         inputs = {"root": self.dicom_root} if self.dicom_root else {}
         return {**inputs, **({"manifest": self.manifest} if self.manifest else {})}
 
+    def dicom_root_option(self) -> str:
+        """`--dicom-root 'root'` for the convert rule, "" without a DICOM archive."""
+        return option("--dicom-root", [self.dicom_root] if self.dicom_root else [])
+
     def index_arguments(self) -> str:
         """The `mmfusion index` arguments naming the cohort's sources (shell-quoted)."""
         parts = [shlex.quote(self.dicom_root)] if self.dicom_root else []

@@ -38,7 +38,7 @@ rule convert_patient:
         status=f"{CONVERT_DIR}/convert_status.json",
     params:
         out=CONVERT_DIR,
-        root=COHORT.dicom_root,
+        root=COHORT.dicom_root_option(),
         rois=config["rois"],
         convert=config["convert"],
     group:
@@ -55,7 +55,7 @@ rule convert_patient:
     shell:
         "python -m mmfusion convert --index {input.index:q} --manifest-index {input.manifest:q}"
         " --patient {wildcards.patient:q}"
-        " --dicom-root {params.root:q} --out {params.out:q} --status-out {output.status:q}"
+        " {params.root} --out {params.out:q} --status-out {output.status:q}"
         " --tumour-roi {params.rois[tumour]:q} --node-roi {params.rois[node]:q}"
         " --plane-tolerance {params.convert[plane_tolerance]}"
         " --missing-gap-factor {params.convert[missing_gap_factor]}"
