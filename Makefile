@@ -18,6 +18,7 @@ help:
 	@echo "make slurm-demo - the demo through a real single-node SLURM (root, Debian), compared with a local run"
 	@echo "make gpu-check  - training speed and memory on a CUDA GPU"
 	@echo "make bench-ablation - every variant on 5 synthetic cohorts (~1.5 h)"
+	@echo "make bench-repeats  - repeated CV x training seeds on one cohort: seed and split noise"
 
 $(BIN)/python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -74,6 +75,14 @@ slurm-demo: $(STAMP)
 # bench_results/ablation/ (summary.md, summary.csv, ablation.png). ABLATION_ARGS: more options.
 bench-ablation: $(STAMP)
 	$(BIN)/python bench/bench_ablation.py --cores $(CORES) --resume $(ABLATION_ARGS)
+
+# Repeated CV x training seeds on one synthetic cohort through the real workflow
+# (--config 'folds={repeats: R}' 'train={seeds: S}'): how much of the variants' differences
+# is seed and split noise. Results in bench_results/repeats/ (summary.md). REPEATS_ARGS: e.g.
+# --repeats 3 --seeds 3 --n-patients 120 --epochs 40 --variants base1 base2 base3 mmfusion.
+.PHONY: bench-repeats
+bench-repeats: $(STAMP)
+	$(BIN)/python bench/bench_repeats.py --cores $(CORES) $(REPEATS_ARGS)
 
 # DICOM ingestion benchmark: mmfusion convert vs plastimatch convert on LUNG1-001.
 .PHONY: bench-ingest

@@ -29,7 +29,8 @@ from mmfusion.train.trajectory import fold_trajectory
 from tests.train_fixtures import write_random_patches, write_tables
 
 N, N_FOLDS, TIMESTEPS = 24, 2, 10
-STEPS = [10, 8, 6, 4, 2, 0]  # the default 6 steps of T = 10
+STEPS = [10, 8, 6, 4, 2, 0]  # the default 6 steps of T = 10 (y_t: T..0)
+HIDDEN_STEPS = [10, 8, 6, 5, 3, 1]  # ... of the hidden features (T..1)
 PNG = b"\x89PNG\r\n\x1a\n"
 MODEL = {"depth": 10, "base_width": 4, "mmrl_dim": 8, "mmrl_heads": 2, "hga_dim": 8,
          "hga_out": 8, "head_hidden": 16, "diffusion_hidden": 8, "n_samples": 3,
@@ -92,23 +93,28 @@ def report(trained: Path) -> Path:
 def test_csv_has_one_row_per_fold_and_step(report: Path) -> None:
     db = pd.read_csv(report / TABLE)
     assert list(db.columns) == ["variant", "fold", "step", "davies_bouldin",
-                                "davies_bouldin_tsne", "n_patients", "n_positive"]
-    assert len(db) == N_FOLDS * len(STEPS)
+                                "davies_bouldin_tsne", "n_patients", "n_positive",
+                                "davies_bouldin_y_t"]
+    assert len(db) == N_FOLDS * len(HIDDEN_STEPS)
     assert not db.duplicated(["variant", "fold", "step"]).any()
     for fold in range(N_FOLDS):
-        assert db.loc[db["fold"] == fold, "step"].tolist() == STEPS
+        assert db.loc[db["fold"] == fold, "step"].tolist() == HIDDEN_STEPS
     assert set(db["variant"]) == {"mmfusion"}
     assert (db["n_patients"] == 8).all() and (db["n_positive"] == 4).all()
     assert np.isfinite(db["davies_bouldin"]).all() and (db["davies_bouldin"] > 0).all()
     reps = pd.read_csv(report / "fig3" / "representations.csv")
-    assert len(reps) == N_FOLDS * len(STEPS) * 8
+    assert len(reps) == N_FOLDS * len(HIDDEN_STEPS) * 8
     assert reps[["y_t_0", "y_t_1", "tsne_1", "tsne_2"]].notna().all().all()
     info = json.loads((report / "fig3" / "info.json").read_text())
-    assert [f["steps"] for f in info["folds"]] == [STEPS] * N_FOLDS
+    assert [f["steps"] for f in info["folds"]] == [HIDDEN_STEPS] * N_FOLDS
+    assert {f["embedded"] for f in info["folds"]} == {"hidden features"}
+    assert "hidden layer" in info["representation"]
 
 
 def test_figures_are_valid_pngs(report: Path) -> None:
-    names = [f"mmfusion_fold{k}.png" for k in range(N_FOLDS)] + ["mmfusion_davies_bouldin.png"]
+    names = ([f"mmfusion_fold{k}.png" for k in range(N_FOLDS)]
+             + [f"mmfusion_fold{k}_y_t.png" for k in range(N_FOLDS)]
+             + ["mmfusion_davies_bouldin.png"])
     for name in names:
         path = report / "fig3" / name
         assert path.read_bytes()[:8] == PNG, name
@@ -131,6 +137,11 @@ def test_the_last_step_is_the_sample_that_scored_the_patient(trained: Path) -> N
                                trained / "spec.json", trained / "folds.tsv",
                                trained / "cache", torch.device("cpu"))
         assert traj.states.shape == (TIMESTEPS + 1, 8, 2)
+        # the noise network's hidden features (diffusion_hidden = 8) at steps T..1
+        assert traj.hidden is not None and traj.hidden.shape == (TIMESTEPS, 8, 8)
+        assert np.isfinite(traj.hidden).all()
+        assert np.ptp(traj.hidden, axis=1).max() > 0  # patients differ
+        assert not np.allclose(traj.hidden[0], traj.hidden[-1])  # and so do the steps
         pred = pd.read_csv(trained / "models" / "mmfusion" / f"fold{fold}" / "predictions.csv")
         assert traj.patient_ids == pred["patient_id"].tolist()
         np.testing.assert_array_equal(traj.labels, pred["label"].to_numpy())
@@ -140,7 +151,7 @@ def test_the_last_step_is_the_sample_that_scored_the_patient(trained: Path) -> N
 def test_steps_option_and_bad_inputs(trained: Path, tmp_path: Path) -> None:
     assert _cli(trained, tmp_path, "--steps", "20") == 0  # more than T + 1: every step
     db = pd.read_csv(tmp_path / TABLE)
-    assert db.loc[db["fold"] == 0, "step"].tolist() == list(range(TIMESTEPS, -1, -1))
+    assert db.loc[db["fold"] == 0, "step"].tolist() == list(range(TIMESTEPS, 0, -1))
     assert _cli(trained, tmp_path, "--steps", "1") == 1  # ConfigError: one clear line
     assert _cli(trained, tmp_path, "--variants", "mmfusion_gcn") == 1  # not trained
 
@@ -178,3 +189,43 @@ def test_absent_class_gives_nan_rows_and_tsne_guards() -> None:
     assert tsne_perplexity(4) < 4 and tsne_perplexity(1000) == 30
     a, b = tsne_embedding(states[0]), tsne_embedding(states[0])
     np.testing.assert_array_equal(a, b)  # fixed random_state
+
+
+def _two_classes(rng: np.random.Generator, shift: float, n: int = 40, dim: int = 16
+                 ) -> np.ndarray:
+    labels = np.repeat([0, 1], n // 2)
+    return rng.normal(size=(n, dim)) + shift * labels[:, None] * np.ones(dim) / np.sqrt(dim)
+
+
+def test_fig3_scores_the_hidden_features_it_embeds() -> None:
+    """Davies-Bouldin is computed on the representation t-SNE embeds (the hidden features),
+    not on y_t: classes separated in the hidden features and mixed in y_t score low, and
+    well-separated high-dimensional features score lower than overlapping ones."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 20)
+    separated = np.stack([_two_classes(rng, 24.0) for _ in range(TIMESTEPS)])
+    overlapping = np.stack([_two_classes(rng, 0.3) for _ in range(TIMESTEPS)])
+    states = rng.normal(size=(TIMESTEPS + 1, 40, 2))  # y_t: no class structure
+    ids = [f"P{i}" for i in range(40)]
+    rows_sep, table = analyse(FoldTrajectory("mmfusion", 0, ids, labels, states, np.zeros(40),
+                                             0, 3, hidden=separated), HIDDEN_STEPS)
+    rows_ovl, _ = analyse(FoldTrajectory("mmfusion", 0, ids, labels, states, np.zeros(40),
+                                         0, 3, hidden=overlapping), HIDDEN_STEPS)
+    for sep, ovl in zip(rows_sep, rows_ovl, strict=True):
+        assert sep["davies_bouldin"] < 0.6 < 2.0 < ovl["davies_bouldin"]
+        assert sep["davies_bouldin_y_t"] > 2.0  # the 2-D y_t has no structure here
+    assert table["y_t_0"].notna().all()
+
+
+def test_hidden_features_are_the_mean_over_samples_per_patient_and_step() -> None:
+    from mmfusion.train.trajectory import _hidden_steps
+
+    rng = np.random.default_rng(3)
+    n, s, h, t, batch = 7, 3, 4, 5, 3
+    full = rng.normal(size=(t, n, s, h)).astype(np.float32)  # step, patient, sample, feature
+    captured = [torch.from_numpy(full[i, start:start + batch].reshape(-1, h))
+                for start in range(0, n, batch) for i in range(t)]
+    out = _hidden_steps(captured, n, batch, s, t)
+    np.testing.assert_allclose(out, full.mean(axis=2), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="noise-network calls"):
+        _hidden_steps(captured[:-1], n, batch, s, t)

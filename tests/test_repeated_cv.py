@@ -82,3 +82,72 @@ def test_variance_components_clip_and_missing_levels() -> None:
     assert math.isnan(single["share_seed"])
     with pytest.raises(ValueError, match="balanced"):
         variance_components(_frame([[[0.70, 0.71], [0.80]]]))
+
+
+def _member(folder, variant: str, fold: int, seed: int, val: list[float], test: list[float],
+            unc: float = 0.0) -> None:
+    """A seed's folder: val/test predictions (recalibrated = raw + 0.1) and metrics.json."""
+    import json
+
+    from mmfusion.train.fold import write_predictions
+
+    folder.mkdir(parents=True)
+    for name, p, labels, ids in (("val_predictions.csv", val, [0, 1, 0, 1], "V"),
+                                 ("predictions.csv", test, [0, 0, 1, 1], "T")):
+        write_predictions(folder / name, [f"{ids}{i}" for i in range(4)],
+                          np.array(labels), fold, variant, np.array(p),
+                          np.full(4, unc), np.array(p) - 0.1)
+    (folder / "metrics.json").write_text(json.dumps(
+        {"variant": variant, "fold": fold, "best_epoch": 3, "threshold": 0.5,
+         "test": {"auc": 0.5, "brier": 0.25}, "settings": {"train": {"seed": seed}}}))
+
+
+def test_seed_ensemble_averages_recalibrated_probabilities(tmp_path) -> None:
+    from mmfusion.train.seed_ensemble import ensemble_seeds
+
+    a, b = tmp_path / "fold1" / "seed0", tmp_path / "fold1" / "seed1"
+    # test: seed 0 ranks patient T1 above T2 (AUC 0.75), seed 1 the reverse; their mean
+    # 0.25, 0.45, 0.40, 0.70 ranks like neither
+    _member(a, "base1", 1, 0, [0.2, 0.6, 0.3, 0.7], [0.1, 0.6, 0.5, 0.8], unc=0.3)
+    _member(b, "base1", 1, 77, [0.4, 0.8, 0.1, 0.5], [0.4, 0.3, 0.3, 0.6], unc=0.4)
+    m = ensemble_seeds([a, b], tmp_path / "fold1", "base1", 1)
+    pred = pd.read_csv(tmp_path / "fold1" / "predictions.csv")
+    np.testing.assert_allclose(pred["probability"], [0.25, 0.45, 0.40, 0.70])
+    np.testing.assert_allclose(pred["probability_raw"], [0.15, 0.35, 0.30, 0.60])
+    # uncertainty: sqrt(mean(0.3², 0.4²) + var over seeds), e.g. T0: var(0.1, 0.4) = 0.0225
+    assert pred["uncertainty"].iloc[0] == pytest.approx(math.sqrt(0.125 + 0.0225))
+    # AUC of the mean (not the mean of the AUCs): positives 0.40, 0.70 vs 0.25, 0.45 -> 3/4
+    assert m["test"]["auc"] == pytest.approx(0.75)
+    val = pd.read_csv(tmp_path / "fold1" / "val_predictions.csv")
+    np.testing.assert_allclose(val["probability"], [0.30, 0.70, 0.20, 0.60])
+    assert m["threshold"] == pytest.approx(0.6)  # Youden on the ensemble's validation
+    assert m["n_seeds"] == 2 and [x["seed"] for x in m["members"]] == [0, 77]
+    assert set(pred["fold"]) == {1} and set(pred["variant"]) == {"base1"}
+
+
+def test_training_seeds() -> None:
+    from mmfusion.train.seed_ensemble import training_seed
+
+    assert training_seed(0, 0) == 0 and training_seed(123, 0) == 123  # S = 1: unchanged
+    seeds = [training_seed(123, s) for s in range(1, 6)]
+    assert len(set(seeds)) == 5 and 123 not in seeds
+    assert seeds == [training_seed(123, s) for s in range(1, 6)]  # deterministic
+    assert all(0 <= s < 2 ** 31 for s in seeds)
+
+
+def test_repeated_folds() -> None:
+    from mmfusion.cohort.folds import FoldSettings, fold_repeats, make_folds, repeat_seed
+
+    ids, y = [f"P{i:03d}" for i in range(40)], np.array([0, 1] * 20)
+    one = make_folds(ids, y, FoldSettings(repeats=1))
+    three = make_folds(ids, y, FoldSettings(repeats=3))
+    assert list(one.columns) == ["patient_id", "fold", "split"]  # R = 1: today's columns
+    assert sorted(three["fold"].unique()) == list(range(9))
+    assert fold_repeats(three) == {g: g // 3 for g in range(9)}
+    assert fold_repeats(one) == {0: 0, 1: 0, 2: 0}
+    first = three[three["repeat"] == 0].drop(columns="repeat").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, one)  # repeat 0 = the folds of R = 1
+    tests = three[three["split"] == "test"]
+    assert (tests.groupby("patient_id")["repeat"].nunique() == 3).all()  # once per repeat
+    assert tests.set_index(["repeat", "patient_id"])["fold"].unstack(0).nunique().min() > 0
+    assert repeat_seed(5, 0) == 5 and len({repeat_seed(5, r) for r in range(4)}) == 4

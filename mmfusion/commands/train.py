@@ -57,11 +57,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--preprocess-settings", default="{}",
                    help="the `preprocess` section as JSON")
     f.add_argument("--out", required=True, help="output folder models/{variant}/fold{k}")
+    f.add_argument("--seed-index", type=int, default=0,
+                   help="training run s of this fold (train.seeds): trains with the seed "
+                   "derived from train.seed (0 = train.seed itself; "
+                   "mmfusion.train.seed_ensemble.training_seed)")
     f.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt")
     f.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0 = torch's default: all cores); the "
                    "workflow passes the rule's threads so parallel jobs do not oversubscribe")
     f.set_defaults(func=run_fold)
+
+    s = sub.add_parser("ensemble", help="a fold's prediction from its training seeds",
+                       description="With train.seeds > 1: the mean of the seeds' "
+                       "recalibrated probabilities (models/{variant}/fold{k}/seed{s}/), the "
+                       "threshold chosen on the ensemble's validation probabilities, test "
+                       "scored once; writes predictions.csv, val_predictions.csv and "
+                       "metrics.json in --out (mmfusion/train/seed_ensemble.py).")
+    s.add_argument("--members", nargs="+", required=True, help="the seeds' folders")
+    s.add_argument("--variant", required=True)
+    s.add_argument("--fold", type=int, required=True)
+    s.add_argument("--out", required=True, help="the fold's folder models/{variant}/fold{k}")
+    s.set_defaults(func=run_ensemble)
 
 
 def run_cache(args: argparse.Namespace) -> int:
@@ -115,12 +131,23 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_fold(args: argparse.Namespace) -> int:
+    from mmfusion.train.determinism import apply_determinism
+    from mmfusion.train.seed_ensemble import training_seed
+
+    train_section = section_json(args.train_settings, "--train-settings")
+    # before anything can start CUDA (CUBLAS_WORKSPACE_CONFIG is read at context creation)
+    if train_section.get("deterministic"):
+        apply_determinism(True)
     _set_threads(args.threads)
     from mmfusion.errors import ConfigError
     from mmfusion.model.baselines import BASELINES
+    from mmfusion.settings import section_defaults
 
     preprocess = section_json(args.preprocess_settings, "--preprocess-settings")
-    train_section = section_json(args.train_settings, "--train-settings")
+    # the feature cache's random backbone (model.freeze_backbone) is the one of train.seed
+    base = int(train_section.get("seed", section_defaults("train")["seed"]))
+    if args.seed_index:  # seed 0 = train.seed: a run without seeds, unchanged
+        train_section = {**train_section, "seed": training_seed(base, args.seed_index)}
     if args.variant in BASELINES:
         from mmfusion.train.fold import run_baseline_fold
 
@@ -137,16 +164,25 @@ def run_fold(args: argparse.Namespace) -> int:
         # device, GPU and amp problems end the job here, before any data is read
         precision_for(train_cfg.amp, select_device(train_cfg.device, model_cfg.graph_backend))
         if model_cfg.freeze_backbone or args.features:
-            _check_features(args.features, args.cache, model_cfg, train_cfg.seed)
+            _check_features(args.features, args.cache, model_cfg, base)
         elif not args.cache:
             raise ConfigError("deep variants need --cache", fix="run `mmfusion train cache`")
         splits = load_fold(args.table, args.spec, args.folds, args.cache, args.fold, preprocess,
                            features=args.features)
         m = fit_fold(model_cfg, train_cfg, splits, args.out, args.fold,
-                     resume=not args.no_resume, features=args.features)
+                     resume=not args.no_resume, features=args.features, feature_seed=base)
     t = m["test"]
     print(f"train {args.variant} fold {args.fold}: test auc {t['auc']:.3f} "
           f"accuracy {t['accuracy']:.3f} f1 {t['f1']:.3f}")
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    from mmfusion.train.seed_ensemble import ensemble_seeds
+
+    m = ensemble_seeds(args.members, args.out, args.variant, args.fold)
+    print(f"train ensemble {args.variant} fold {args.fold}: {m['n_seeds']} seeds, test auc "
+          f"{m['test']['auc']:.3f}")
     return 0
 
 

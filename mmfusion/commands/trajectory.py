@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "reverse process of the fold's test patients (seeded, exactly as the "
                     "fold scored them; fig3/trajectories/{variant}_fold{k}.npz) and writes "
                     "fig3_davies_bouldin.csv (one row per variant x fold x step), "
-                    "fig3/{variant}_fold{k}.png (t-SNE per step), "
+                    "fig3/{variant}_fold{k}.png (t-SNE of the noise network's hidden features per "
+                    "step), fig3/{variant}_fold{k}_y_t.png (y_t in its own coordinates), "
                     "fig3/{variant}_davies_bouldin.png, fig3/representations.csv and "
                     "fig3/info.json.")
     p.add_argument("--models-dir", required=True, help="results/models")
@@ -24,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="diffusion variants: mmfusion and/or Table 3 ablations (mmfusion_*)")
     p.add_argument("--table", required=True, help="results/cohort/table.tsv")
     p.add_argument("--spec", required=True, help="results/cohort/feature_spec.json")
-    p.add_argument("--folds", required=True, help="results/cohort/folds.tsv (every fold in it)")
+    p.add_argument("--folds", required=True, help="results/cohort/folds.tsv")
+    p.add_argument("--fold-numbers", nargs="+", type=int, default=None,
+                   help="folds to draw (default: repeat 0's folds, every patient once)")
+    p.add_argument("--member", default=None,
+                   help="subfolder of each fold's folder holding the model (seed0 with "
+                   "train.seeds > 1)")
     p.add_argument("--cache", required=True, help="patch cache folder (`train cache`)")
     p.add_argument("--out", required=True, help="output folder (results/report)")
     p.add_argument("--steps", type=int, default=6,
@@ -43,13 +49,13 @@ def run_trajectory(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from mmfusion.cohort.folds import read_folds
     from mmfusion.report.trajectory import TABLE, build_fig3
-    from mmfusion.train.trajectory import compute_trajectories
+    from mmfusion.train.trajectory import compute_trajectories, first_repeat_folds
 
+    folds = args.fold_numbers or first_repeat_folds(args.folds)
     compute_trajectories(args.models_dir, args.variants, args.table, args.spec, args.folds,
-                         args.cache, args.out, device=args.device)
-    folds = sorted(int(k) for k in read_folds(args.folds)["fold"].unique())
+                         args.cache, args.out, device=args.device, folds=folds,
+                         member=args.member)
     db = build_fig3(args.variants, folds, args.out, n_steps=args.steps)
     print(f"trajectory: {len(db)} rows ({db['variant'].nunique()} variant(s), "
           f"{db['fold'].nunique()} fold(s), {db['step'].nunique()} steps) -> "

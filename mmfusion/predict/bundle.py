@@ -17,6 +17,11 @@ Layout (every file listed with its sha256 in `manifest.json`, written last):
     fold{k}/preprocessor.json  the fitted in-fold preprocessor (FoldPreprocessor.to_dict)
     fold{k}/model.pt       deep variants: {"model": state dict, ...} (weights_only=True)
     fold{k}/baseline.npz   baselines: the fitted parameters as arrays (no pickle)
+
+Repeated cross-validation (`folds.repeats` = R): folds 0 .. R*K-1, every one a model of the
+ensemble. Several training seeds (`train.seeds` = S > 1): every seed of every fold is a
+model, `fold{k}/seed{s}/` (same files), listed in bundle.json `members`; the ensemble is
+the mean over every model, so over all R x K x S of them.
 """
 
 from __future__ import annotations
@@ -104,7 +109,10 @@ def build_bundle(variant: str, models_dir: str | Path, config_yaml: str | Path,
     import yaml
 
     config = yaml.safe_load(Path(config_yaml).read_text())
-    n_folds = int(config["folds"]["n_folds"])
+    n_folds = int(config["folds"]["n_folds"]) * int(config["folds"].get("repeats", 1))
+    n_seeds = int(config["train"].get("seeds", 1))
+    members = ([(k, f"fold{k}") for k in range(n_folds)] if n_seeds == 1 else
+               [(k, f"fold{k}/seed{s}") for k in range(n_folds) for s in range(n_seeds)])
     if radiomics_params is None:
         from mmfusion.features.radiomics import RadiomicsSettings
 
@@ -113,13 +121,12 @@ def build_bundle(variant: str, models_dir: str | Path, config_yaml: str | Path,
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # a folder to share, not mkdtemp's private 0700
-        folds = [_copy_fold(variant, Path(models_dir) / f"fold{k}", tmp / f"fold{k}", k)
-                 for k in range(n_folds)]
+        folds = [_copy_fold(variant, Path(models_dir) / d, tmp / d, k) for k, d in members]
         settings = {"cohort": {k: config["cohort"][k] for k in COHORT_KEYS},
                     **{s: config[s] for s in SETTINGS_SECTIONS}}
         settings["radiomics"] = {**settings["radiomics"], "params": PARAMS_NAME}
         settings["train"] = {k: v for k, v in settings["train"].items()
-                             if k != "gpus_per_job"}
+                             if k not in ("gpus_per_job", "seeds")}
         shutil.copyfile(radiomics_params, tmp / PARAMS_NAME)
         shutil.copyfile(config_yaml, tmp / "config.resolved.yaml")
         shutil.copyfile(spec_json, tmp / "feature_spec.json")
@@ -132,6 +139,8 @@ def build_bundle(variant: str, models_dir: str | Path, config_yaml: str | Path,
                 "label_column": config["cohort"]["label_column"],
                 "positive_value": config["cohort"]["positive_value"],
                 "ensemble": ENSEMBLE}
+        if n_seeds > 1:  # every seed of every fold (a bundle without seeds stays as it was)
+            info.update(seeds=n_seeds, members=[d for _, d in members])
         versions = software_versions()
         for name, value in (("bundle.json", info), ("settings.json", settings),
                             ("versions.json", versions)):
@@ -182,10 +191,11 @@ def load_bundle(path: str | Path) -> Bundle:
                     settings=json.loads((root / "settings.json").read_text()),
                     spec=json.loads((root / "feature_spec.json").read_text()),
                     versions=json.loads((root / "versions.json").read_text()))
-    for k in range(int(info["n_folds"])):
-        folder = root / f"fold{k}"
+    members = info.get("members") or [f"fold{k}" for k in range(int(info["n_folds"]))]
+    for name in members:
+        folder = root / name
         bundle.folds.append(FoldModel(
-            fold=k, folder=folder,
+            fold=int(name.split("/")[0].removeprefix("fold")), folder=folder,
             scoring=json.loads((folder / "scoring.json").read_text()),
             preprocessor=json.loads((folder / "preprocessor.json").read_text())))
     return bundle

@@ -9,10 +9,14 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{float(value):.4g}"
 
 
+SEED_NOTE = " and training seed (`fold{k}/seed{s}/`)"
+
+
 def bundle_readme(info: dict[str, Any], settings: dict[str, Any],
                   versions: dict[str, str]) -> str:
     """README.md of a bundle built from `info` (bundle.json), `settings` and `versions`."""
-    variant, k = info["variant"], info["n_folds"]
+    variant, k = info["variant"], len(info.get("members") or range(info["n_folds"]))
+    seeds = SEED_NOTE if info.get("members") else ""
     tables = settings["tables"]
     clinical = [*tables["clinical"]["numeric"], *tables["clinical"]["categorical"]]
     hematology = [*tables["hematology"]["numeric"], *tables["hematology"]["categorical"]]
@@ -27,7 +31,7 @@ def bundle_readme(info: dict[str, Any], settings: dict[str, Any],
                "gradient boosting: every tree's nodes)")
     return f"""# MMFusion model bundle: `{variant}`
 
-{k} models, one per cross-validation fold of the training run, each trained on that fold's
+{k} models, one per cross-validation fold{seeds} of the training run, each trained on that fold's
 training split, with its checkpoint, threshold{' and temperature' if variant == 'mmfusion'
 else ''} and probability recalibration (`scoring.json`, `recalibration`) chosen on the
 fold's validation split. Research software: not a medical device,

@@ -22,6 +22,11 @@ from mmfusion.report.markdown import (
     summary_markdown,
 )
 from mmfusion.report.model_card import CardInputs, model_card
+from mmfusion.report.repeated_cv import (
+    corrected_tests,
+    member_metrics,
+    repeated_cv_table,
+)
 from mmfusion.report.summary import (
     METRIC_COLUMNS,
     MONTE_CARLO_COLUMNS,
@@ -81,6 +86,29 @@ def _metrics_summary(metrics: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
     return merged[[c for c in merged if c not in last] + last]
 
 
+def _fold_repeats(folds_tsv: str | Path | None) -> dict[int, int]:
+    """Fold -> repeat from folds.tsv (`repeat` column of a repeated CV); {} = all 0."""
+    if folds_tsv is None:
+        return {}
+    folds = pd.read_csv(folds_tsv, sep="\t", dtype={"patient_id": str})
+    if "repeat" not in folds:
+        return {}
+    pairs = folds[["fold", "repeat"]].drop_duplicates()
+    return dict(zip(pairs["fold"].astype(int), pairs["repeat"].astype(int), strict=True))
+
+
+def _set_sizes(folds: pd.DataFrame | None, metrics: pd.DataFrame, n_folds: int
+               ) -> tuple[float, float]:
+    """(n_train, n_test) of one fold for the corrected t-test: training = train + val
+    patients (both shape the model), mean over folds; without folds.tsv, the test size
+    from metrics and n_train = (K - 1) n_test."""
+    if folds is not None and len(folds):
+        return (float((folds["train_n"] + folds["val_n"]).mean()),
+                float(folds["test_n"].mean()))
+    n_test = float(pd.to_numeric(metrics["n"], errors="coerce").mean())
+    return max(n_folds - 1, 1) * n_test, n_test
+
+
 def build_report(metrics_files: list[str | Path], prediction_files: list[str | Path],
                  out: str | Path, reference: str = "mmfusion",
                  truth_csv: str | Path | None = None,
@@ -88,17 +116,39 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
                  cohort_files: CohortFiles | None = None) -> str:
     """Write every report file under `out`; returns the Markdown summary. `config_yaml`
     (the run's resolved config) is copied beside it and summarised in it; `cohort_files`
-    feed the model card and the cohort section."""
+    feed the model card and the cohort section.
+
+    Repeated CV (folds.tsv with a `repeat` column): the per-fold tables (metrics_summary,
+    variants.csv mean ± sd, auc_by_fold) and repeated_cv.csv cover every repeat x fold;
+    everything that pools or pairs patients (DeLong, the t-test over folds, pooled AUC,
+    ROC, calibration, decision curves, confusion matrices, oracle, Table 3) uses repeat 0,
+    the folds of a run without repeats, where every patient is tested once."""
     import yaml
 
     out = Path(out)
     cohort_files = cohort_files or CohortFiles()
-    predictions = collect_predictions(prediction_files)
-    metrics = _metrics_summary(collect_metrics(metrics_files), predictions)
-    order = [str(v) for v in metrics["variant"].cat.categories]
-    variants = variant_table(metrics, METRIC_COLUMNS + [f"{m}{SUFFIX}"
-                                                        for m in THRESHOLD_METRICS])
+    repeats = _fold_repeats(cohort_files.folds)
+    all_predictions = collect_predictions(prediction_files)
+    all_metrics = _metrics_summary(collect_metrics(metrics_files), all_predictions)
+    def first(df: pd.DataFrame) -> pd.DataFrame:  # repeat 0's rows
+        return df[df["fold"].map(lambda k: repeats.get(int(k), 0)) == 0].reset_index(drop=True)
+
+    predictions, metrics = first(all_predictions), first(all_metrics)
+    order = [str(v) for v in all_metrics["variant"].cat.categories]
+    variants = variant_table(all_metrics, METRIC_COLUMNS + [f"{m}{SUFFIX}"
+                                                            for m in THRESHOLD_METRICS])
     tests = paired_tests(predictions, reference, metrics)
+    with_repeat = all_metrics.assign(repeat=all_metrics["fold"].map(
+        lambda k: repeats.get(int(k), 0)))
+    models = member_metrics(metrics_files, repeats)
+    folds_table = (fold_sizes(cohort_files.table, cohort_files.folds)
+                   if cohort_files.table and cohort_files.folds else None)
+    n_train, n_test = _set_sizes(folds_table, metrics, int(metrics["fold"].nunique()))
+    corrected = corrected_tests(with_repeat, models, reference,
+                                [v for v in order if v != reference], n_train, n_test)
+    tests = tests.merge(corrected, on=["reference", "other"], how="left") if len(tests) \
+        else tests
+    repeated = repeated_cv_table(with_repeat, models, order)
     oracle = oracle_by_fold(predictions, truth_csv) if truth_csv else None
     calibration = calibration_table(predictions, order)
     curves = decision_curves(predictions, order)
@@ -113,11 +163,15 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
         variants=variants, tests=tests, oracle=oracle, calibration=calibration,
         confusion=confusion, curves=curves,
         cohort=cohort_counts(c.table) if c.table else None,
-        folds=fold_sizes(c.table, c.folds) if c.table and c.folds else None,
+        folds=folds_table,
         n_excluded=int(excl["n"].sum()) if excl is not None else None, table3=table3,
-        monte_carlo=monte_carlo_table(metrics))
+        monte_carlo=monte_carlo_table(all_metrics), repeated=repeated)
 
-    _csv(metrics, out / "metrics_summary.csv")
+    # the repeat of each fold, after `fold`, when there are repeats
+    summary_rows = (with_repeat[[*all_metrics.columns[:2], "repeat", *all_metrics.columns[2:]]]
+                    if repeats else all_metrics)
+    _csv(summary_rows, out / "metrics_summary.csv")
+    _csv(repeated, out / "repeated_cv.csv")
     _csv(variants, out / "variants.csv")
     _csv(pooled_auc(predictions), out / "pooled_auc.csv")
     _csv(tests, out / "paired_tests.csv")
@@ -131,7 +185,7 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
     fig_dir = out / "figures"
     figures.plot_roc(predictions, order, fig_dir / "roc.png")
     figures.plot_calibration(predictions, order, fig_dir / "calibration.png", calibration)
-    figures.plot_auc_by_fold(metrics, oracle, order, fig_dir / "auc_by_fold.png")
+    figures.plot_auc_by_fold(all_metrics, oracle, order, fig_dir / "auc_by_fold.png")
     figures.plot_decision_curves(curves, order, fig_dir / "decision_curve.png")
     figures.plot_confusion(confusion, order, fig_dir / "confusion_matrices.png")
 
@@ -143,7 +197,7 @@ def build_report(metrics_files: list[str | Path], prediction_files: list[str | P
     write_text_atomic(out / "summary.md", summary)
     write_text_atomic(out / "front_page.rst", front_page_rst(results))
     spec = json.loads(Path(c.spec).read_text()) if c.spec else None
-    card = CardInputs(config=config, metrics=metrics, spec=spec, exclusions=excl,
+    card = CardInputs(config=config, metrics=all_metrics, spec=spec, exclusions=excl,
                       cohort=results.cohort, folds=results.folds, calibration=calibration,
                       tests=tests)
     write_text_atomic(out / "model_card.md", model_card(card))

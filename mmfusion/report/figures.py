@@ -200,3 +200,27 @@ def plot_davies_bouldin(db: pd.DataFrame, path: Path) -> None:
     ax.set(xlabel="reverse-process step t", ylabel="Davies-Bouldin (lower: separated)",
            title=f"{variant}: class separation along the reverse process")
     _save(fig, path)
+
+
+def plot_y_t_paths(states: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+    """Paper Fig. 3's reverse trajectory of y_t in its own 2-D coordinates (class N0
+    component, class N+ component): one path per test patient from y_T (circle) to y_0
+    (cross), the mean over its samples, coloured by label; no embedding."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.8))
+    states = np.asarray(states, float)  # (T + 1, N, 2), t = T..0
+    for label, (colour, name) in LABEL_COLOURS.items():
+        idx = np.flatnonzero(np.asarray(labels) == label)
+        for n, i in enumerate(idx):
+            ax.plot(states[:, i, 0], states[:, i, 1], color=colour, lw=0.6, alpha=0.45,
+                    label=name if n == 0 else None)
+        if len(idx):
+            ax.scatter(states[0, idx, 0], states[0, idx, 1], color=colour, marker="o",
+                       s=10, alpha=0.6)
+            ax.scatter(states[-1, idx, 0], states[-1, idx, 1], color=colour, marker="x",
+                       s=18)
+    ax.scatter([0, 1], [1, 0], color="black", marker="*", s=60, zorder=4,
+               label="one-hot targets")
+    ax.set(xlabel="y_t, class N0 component", ylabel="y_t, class N+ component",
+           title=f"{title}: y_t from T (o) to 0 (x)")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -42,6 +42,7 @@ class Results:
     n_excluded: int | None = None
     table3: pd.DataFrame | None = None  # table3.csv; None without a Table 3 ablation
     monte_carlo: pd.DataFrame | None = None  # summary.monte_carlo_table
+    repeated: pd.DataFrame | None = None  # repeated_cv.repeated_cv_table
 
 
 def _f(value: object, spec: str = ".3f") -> str:
@@ -112,6 +113,53 @@ def _tests_section(r: Results) -> list[Block]:
             "variances / K^2)" + ("; beside them the paired t-test of the per-fold AUCs "
                                   "(scipy.stats.ttest_rel, K - 1 degrees of freedom), as the "
                                   "paper reports:" if has_t else ":"), t]
+
+
+def _share(value: object) -> str:
+    return _f(value, ".0%")
+
+
+def _repeated_section(r: Results) -> list[Block]:
+    """Spread over repeats x folds x seeds, and the corrected comparison."""
+    if r.repeated is None or not len(r.repeated):
+        return []
+    auc = r.repeated[r.repeated["metric"] == "auc"]
+    first = auc.iloc[0]
+    design = (f"{int(first['n_repeats'])} repeat(s) of {int(first['n_folds'])}-fold "
+              f"cross-validation, {int(first['n_seeds'])} training seed(s) per fold")
+    t = Table(["variant", "models", "AUC mean ± sd (repeats × folds)", "sd of repeat means",
+               "seed share", "split share"])
+    for _, x in auc.iterrows():
+        t.rows.append([str(x["variant"]), str(int(x["n_models"])),
+                       f"{_f(x['mean'])} ± {_f(x['sd'])}", _f(x["sd_repeat_means"]),
+                       _share(x["share_seed"]), _share(x["share_split"])])
+    blocks: list[Block] = [
+        f"{design}. AUC of each fold (the mean of its seeds' recalibrated probabilities "
+        "where there are several), mean ± sd over repeats × folds; the sd of the repeats' "
+        "K-fold means is how much one run's headline figure moves with the split. Of the "
+        "variance of a single model's AUC, the seed share is that of the training seed "
+        "(same split, other seed) and the split share that of the partition (other folds "
+        "and repeats); '–' where the design cannot separate them (one seed: the seed noise "
+        "hides in the split share). Other metrics in repeated_cv.csv.", t]
+    if "nb_p_value" in r.tests and len(r.tests):
+        c = Table(["reference", "other", "J", "mean Δ AUC", "corrected t", "corrected p",
+                   "t-test p", "DeLong p", "Δ variance: seed share"])
+        for _, x in r.tests.iterrows():
+            c.rows.append([str(x["reference"]), str(x["other"]), _f(x["nb_n"], ".0f"),
+                           _f(x["nb_mean_difference"], "+.3f"), _f(x["nb_t"], ".2f"),
+                           _f(x["nb_p_value"], ".3g"), _f(x.get("ttest_p_value"), ".3g"),
+                           _f(x["p_value"], ".3g"), _share(x["diff_share_seed"])])
+        blocks += [
+            "Corrected resampled t-test (Nadeau & Bengio 2003) over the J = repeats × folds "
+            "per-fold AUC differences, variance inflated to (1/J + n_test/n_train) s² with "
+            "J − 1 degrees of freedom, because the folds share training patients and the "
+            "repeats reuse every patient: it covers the noise of the split and of training "
+            "(approximately). The paired t-test over repeat 0's folds treats those folds as "
+            "independent (too small a variance); DeLong's test covers only the sampling of "
+            "the test patients given the trained models, not the noise of training or of "
+            "the split. The last column: the share of the per-model AUC difference's "
+            "variance due to the training seed.", c]
+    return blocks
 
 
 def _table3_section(r: Results) -> list[Block]:
@@ -189,6 +237,7 @@ def sections(r: Results) -> list[tuple[str, list[Block]]]:
     out = [("Cohort", _cohort_section(r)), ("Discrimination and threshold metrics",
                                            _metrics_section(r)),
            ("Paired tests against the reference", _tests_section(r)),
+           ("Repeats, training seeds and the corrected comparison", _repeated_section(r)),
            ("Table 3: ablations of MMFusion", _table3_section(r)),
            ("Monte Carlo error of diffusion scores", _monte_carlo_section(r)),
            ("Calibration", _calibration_section(r)),

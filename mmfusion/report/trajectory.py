@@ -7,17 +7,24 @@ very sample set that scored the patient (`predictions.csv`), and writes one file
 (`FoldTrajectory.save`, `trajectory_file`). This module only reads those files, analyses
 and plots them.
 
-Representation of a patient at step t (paper t = T..0; `T` = `model.timesteps`): the mean
-over its S samples of the denoised label vector y_t `(y_dim,)` = (class N0, class N+)
-component. t = T is the prior draw y_T ~ N(ŷ, I); t = 0 is the final y_0. At each of
-`n_steps` steps (evenly spaced from T to 0, both included) this module computes:
+Representation of a patient at reverse step t (paper t = T..1; `T` = `model.timesteps`):
+the noise network's last hidden layer (`model.diffusion_hidden` wide, the input of its
+output layer) while it denoises y_t, i.e. a function of the patient's HGA features, its
+guide prediction ŷ, its current y_t and t, averaged over the patient's S samples: the
+"denoised multi-modal feature embedding" of the paper's Fig. 3. (y_t itself is 2-D, one
+value per class: a t-SNE of it would only distort it, so it is drawn in its own
+coordinates, from y_T to y_0, in `fig3/{variant}_fold{k}_y_t.png`.) At each of `n_steps`
+steps (evenly spaced from T to 1, both included) this module computes:
 
-- the Davies–Bouldin score of the two label classes on the representation itself
-  (`davies_bouldin`, lower = better separated), and on its t-SNE embedding
-  (`davies_bouldin_tsne`); NaN when a class is absent from the test split (or fewer
-  patients than classes + 1);
-- a 2-D t-SNE embedding (scikit-learn, fixed `random_state`, perplexity
-  min(30, (n - 1) / 3)); none for fewer than `MIN_TSNE` patients.
+- the Davies–Bouldin score of the two label classes on that same representation
+  (`davies_bouldin`, lower = better separated), on its t-SNE embedding
+  (`davies_bouldin_tsne`) and on y_t at the same step (`davies_bouldin_y_t`); NaN when a
+  class is absent from the test split (or fewer patients than classes + 1);
+- a 2-D t-SNE embedding of the representation (scikit-learn, fixed `random_state`,
+  perplexity min(30, (n - 1) / 3)); none for fewer than `MIN_TSNE` patients.
+
+Trajectory files written before the hidden features were captured hold y_t only: they are
+analysed on y_t at t = T..0, as this module used to (`FoldTrajectory.hidden` None).
 
 `build_fig3` reads the fold files and writes `fig3_davies_bouldin.csv` (one row per
 variant x fold x step), `fig3/representations.csv` (per patient and step),
@@ -49,10 +56,14 @@ MIN_TSNE = 4  # fewer test patients: no t-SNE (its perplexity needs n > 3 (n - 1
 TABLE = "fig3_davies_bouldin.csv"
 FOLDER = "fig3"
 DB_COLUMNS = ["variant", "fold", "step", "davies_bouldin", "davies_bouldin_tsne",
-              "n_patients", "n_positive"]
-REPRESENTATION = ("mean over the patient's reverse-process samples of the denoised label "
-                  "vector y_t (class N0, class N+ components); t = T: the prior draw "
-                  "y_T ~ N(guide prediction, I), t = 0: the final y_0")
+              "n_patients", "n_positive", "davies_bouldin_y_t"]
+REPRESENTATION = ("the CFD noise network's last hidden layer (input of its output layer) "
+                  "while it denoises y_t at reverse step t = T..1, averaged over the "
+                  "patient's reverse-process samples: a function of the patient's HGA "
+                  "features, guide prediction, current y_t and t")
+Y_T_REPRESENTATION = ("mean over the patient's reverse-process samples of the denoised label "
+                      "vector y_t (class N0, class N+ components); t = T: the prior draw "
+                      "y_T ~ N(guide prediction, I), t = 0: the final y_0")
 
 
 @dataclass
@@ -60,7 +71,9 @@ class FoldTrajectory:
     """One fold model's reverse trajectories of its test patients.
 
     `states` `(T + 1, N, y_dim)`: mean over samples of y_t, rows in step order t = T..0;
-    `probability` `(N,)`: the class-1 probability of the final samples (as scored).
+    `probability` `(N,)`: the class-1 probability of the final samples (as scored);
+    `hidden` `(T, N, H)`: mean over samples of the noise network's hidden features while
+    it denoises y_t, rows in step order t = T..1 (None in older files).
     """
 
     variant: str
@@ -71,14 +84,30 @@ class FoldTrajectory:
     probability: np.ndarray
     seed: int
     n_samples: int
+    hidden: np.ndarray | None = None
 
     @property
     def timesteps(self) -> int:
         return self.states.shape[0] - 1
 
     def at(self, step: int) -> np.ndarray:
-        """Representations `(N, y_dim)` at paper step t = `step` (T..0)."""
+        """y_t `(N, y_dim)` at paper step t = `step` (T..0)."""
         return self.states[self.timesteps - step]
+
+    def representation(self, step: int) -> np.ndarray:
+        """What Fig. 3 embeds at step t: the hidden features `(N, H)` (t = T..1), or y_t
+        for files without them."""
+        if self.hidden is None:
+            return self.at(step)
+        if not 1 <= step <= self.timesteps:
+            raise ConfigError(f"hidden features exist for steps {self.timesteps}..1, not {step}")
+        return self.hidden[self.timesteps - step]
+
+    def steps(self, n_steps: int = DEFAULT_STEPS) -> list[int]:
+        """Steps shown: T..1 with hidden features, T..0 without."""
+        if self.hidden is None:
+            return select_steps(self.timesteps, n_steps)
+        return [s + 1 for s in select_steps(self.timesteps - 1, n_steps)]
 
     def save(self, path: str | Path) -> None:
         """One `.npz` (no pickles), written atomically."""
@@ -88,14 +117,16 @@ class FoldTrajectory:
                      labels=np.asarray(self.labels, np.int64),
                      states=np.asarray(self.states, np.float32),
                      probability=np.asarray(self.probability, np.float64),
-                     seed=np.array(self.seed), n_samples=np.array(self.n_samples))
+                     seed=np.array(self.seed), n_samples=np.array(self.n_samples),
+                     **({} if self.hidden is None
+                        else {"hidden": np.asarray(self.hidden, np.float32)}))
 
     @classmethod
     def load(cls, path: str | Path) -> FoldTrajectory:
         with np.load(path, allow_pickle=False) as z:
             return cls(str(z["variant"]), int(z["fold"]), [str(p) for p in z["patient_ids"]],
                        z["labels"], z["states"], z["probability"], int(z["seed"]),
-                       int(z["n_samples"]))
+                       int(z["n_samples"]), z["hidden"] if "hidden" in z.files else None)
 
 
 def trajectory_file(out_dir: str | Path, variant: str, fold: int) -> Path:
@@ -149,18 +180,19 @@ def analyse(traj: FoldTrajectory, steps: Sequence[int], tsne_seed: int = TSNE_SE
     rows, parts = [], []
     n_pos = int((traj.labels == 1).sum())
     for step in steps:
-        x = traj.at(step)
+        x, y_t = traj.representation(step), traj.at(step)
         emb = tsne_embedding(x, tsne_seed)
         rows.append({"variant": traj.variant, "fold": traj.fold, "step": step,
                      "davies_bouldin": davies_bouldin(x, traj.labels),
                      "davies_bouldin_tsne": (math.nan if emb is None
                                              else davies_bouldin(emb, traj.labels)),
-                     "n_patients": len(traj.labels), "n_positive": n_pos})
+                     "n_patients": len(traj.labels), "n_positive": n_pos,
+                     "davies_bouldin_y_t": davies_bouldin(y_t, traj.labels)})
         emb = np.full((len(x), 2), np.nan) if emb is None else emb
         part = pd.DataFrame({"variant": traj.variant, "fold": traj.fold, "step": step,
                              "patient_id": traj.patient_ids, "label": traj.labels})
-        for j in range(x.shape[1]):
-            part[f"y_t_{j}"] = x[:, j]
+        for j in range(y_t.shape[1]):
+            part[f"y_t_{j}"] = y_t[:, j]
         part["tsne_1"], part["tsne_2"] = emb[:, 0], emb[:, 1]
         parts.append(part)
     return rows, pd.concat(parts, ignore_index=True)
@@ -168,6 +200,10 @@ def analyse(traj: FoldTrajectory, steps: Sequence[int], tsne_seed: int = TSNE_SE
 
 def fold_figure(out_dir: str | Path, variant: str, fold: int) -> Path:
     return Path(out_dir) / FOLDER / f"{variant}_fold{fold}.png"
+
+
+def y_t_figure(out_dir: str | Path, variant: str, fold: int) -> Path:
+    return Path(out_dir) / FOLDER / f"{variant}_fold{fold}_y_t.png"
 
 
 def db_figure(out_dir: str | Path, variant: str) -> Path:
@@ -178,7 +214,8 @@ def build_fig3(variants: Sequence[str], folds: Sequence[int], out_dir: str | Pat
                n_steps: int = DEFAULT_STEPS, tsne_seed: int = TSNE_SEED) -> pd.DataFrame:
     """Fig. 3 of every variant and fold from the trajectory files under `out_dir`
     (results/report; `trajectory_file`): `fig3_davies_bouldin.csv`,
-    `fig3/{variant}_fold{k}.png`, `fig3/{variant}_davies_bouldin.png`,
+    `fig3/{variant}_fold{k}.png`, `fig3/{variant}_fold{k}_y_t.png`,
+    `fig3/{variant}_davies_bouldin.png`,
     `fig3/representations.csv`, `fig3/info.json`. Returns the Davies–Bouldin table."""
     import sklearn
 
@@ -186,7 +223,8 @@ def build_fig3(variants: Sequence[str], folds: Sequence[int], out_dir: str | Pat
 
     out = Path(out_dir)
     rows: list[dict] = []
-    parts, info = [], {"representation": REPRESENTATION, "tsne_random_state": tsne_seed,
+    parts, info = [], {"representation": REPRESENTATION,
+                       "y_t": Y_T_REPRESENTATION, "tsne_random_state": tsne_seed,
                        "tsne_min_patients": MIN_TSNE, "scikit_learn": sklearn.__version__,
                        "folds": []}
     for variant in variants:
@@ -197,15 +235,19 @@ def build_fig3(variants: Sequence[str], folds: Sequence[int], out_dir: str | Pat
                                   path=str(path),
                                   fix="run `mmfusion trajectory` (it computes them first)")
             traj = FoldTrajectory.load(path)
-            steps = select_steps(traj.timesteps, n_steps)
+            steps = traj.steps(n_steps)
             fold_rows, table = analyse(traj, steps, tsne_seed)
             rows += fold_rows
             parts.append(table)
             figures.plot_trajectory_fold(table, fold_rows, fold_figure(out, variant, fold))
+            figures.plot_y_t_paths(traj.states, traj.labels, y_t_figure(out, variant, fold),
+                                   f"{variant} fold {fold}")
             info["folds"].append({"variant": variant, "fold": fold, "steps": steps,
                                   "timesteps": traj.timesteps, "n_samples": traj.n_samples,
                                   "sampling_seed": traj.seed,
                                   "n_patients": len(traj.labels),
+                                  "embedded": ("hidden features" if traj.hidden is not None
+                                               else "y_t"),
                                   "trajectories": str(path.relative_to(out)),
                                   "tsne_perplexity": (tsne_perplexity(len(traj.labels))
                                                       if len(traj.labels) >= MIN_TSNE

@@ -11,7 +11,7 @@ from mmfusion.train.augment import AugmentSettings
 
 
 @dataclass(frozen=True)
-@schema_defaults("train", unread=("gpus_per_job",))
+@schema_defaults("train", unread=("gpus_per_job", "seeds"))
 class TrainConfig:
     """Optimisation settings (config section `train`); defaults come from the config
     schema and follow supplement Table 2 (Adam lr 1e-4, weight decay 5e-4, 100 epochs,
@@ -48,6 +48,9 @@ class TrainConfig:
     # diffusion variants: independent noise draws, besides the scored one, that measure the
     # Monte Carlo sd of each score (mmfusion.train.scoring; metrics.json monte_carlo)
     mc_replicates: int
+    # deterministic kernels (torch.use_deterministic_algorithms, cudnn.deterministic,
+    # CUBLAS_WORKSPACE_CONFIG): bit-identical reruns on one GPU; mmfusion.train.determinism
+    deterministic: bool
 
     def __post_init__(self) -> None:
         if self.amp is False:  # YAML 1.1 reads a bare `off` as false
@@ -59,7 +62,8 @@ class TrainConfig:
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TrainConfig:
         """Build from a config section, failing on unknown keys."""
-        # gpus_per_job is the workflow's resource request, not a training setting
+        # gpus_per_job is the workflow's resource request and seeds its number of training
+        # runs per fold (`train fold --seed-index`), not training settings
         section = {k: v for k, v in (section or {}).items() if k not in cls.schema_unread}
         section = checked_section(cls, section, "train")
         if "augment" in section:

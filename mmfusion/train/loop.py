@@ -35,6 +35,7 @@ from mmfusion.model.mmfusion import MMFusionModel, ModelConfig
 from mmfusion.train.averaging import WeightAverage
 from mmfusion.train.config import TrainConfig
 from mmfusion.train.dataset import SplitData
+from mmfusion.train.determinism import apply_determinism
 from mmfusion.train.device import describe_device, precision_for, resolve_device, select_device
 from mmfusion.train.features import check_feature_cache, load_frozen_backbone, warn_random_backbone
 from mmfusion.train.phases import (
@@ -54,13 +55,16 @@ log = logging.getLogger(__name__)
 
 
 def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str, SplitData],
-                     features: str | Path | None, device: torch.device) -> dict[str, Any] | None:
-    """Frozen-backbone mode (`model.freeze_backbone`): check the feature cache, give the
-    model its backbone weights, frozen (no gradients, eval mode). Returns what the
-    checkpoints record about the cache, or None when the backbone trains."""
+                     features: str | Path | None, device: torch.device,
+                     feature_seed: int | None = None) -> dict[str, Any] | None:
+    """Frozen-backbone mode (`model.freeze_backbone`): check the feature cache (built with
+    `feature_seed`, default `cfg.seed`), give the model its backbone weights, frozen (no
+    gradients, eval mode). Returns what the checkpoints record about the cache, or None
+    when the backbone trains."""
     if not model.cfg.freeze_backbone and features is None:
         return None
-    stored = check_feature_cache(features, model.cfg, cfg.seed)
+    stored = check_feature_cache(features, model.cfg,
+                                 cfg.seed if feature_seed is None else feature_seed)
     assert features is not None  # check_feature_cache refuses None
     if not all("tumour_fmap" in s.patches for s in splits.values()):
         raise ConfigError("frozen-backbone training reads cached feature maps, but the "
@@ -74,7 +78,8 @@ def _freeze_backbone(model: MMFusionModel, cfg: TrainConfig, splits: Mapping[str
 
 def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, SplitData],
                out: Path, fold: int, features: str | Path | None,
-               device: torch.device | None = None) -> RunState:
+               device: torch.device | None = None, feature_seed: int | None = None
+               ) -> RunState:
     """Seed, build the model (frozen backbone loaded), its optimiser(s), scheduler, shuffling
     generator and weight average. The construction order is the order of the random draws,
     so a seeded run repeats exactly. `device` (tools only) skips `train.device`'s
@@ -83,6 +88,7 @@ def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Sp
     if uses_diffusion and cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(f"train.warmup_epochs ({cfg.warmup_epochs}) leaves no joint "
                           f"epoch of {cfg.epochs}", fix="lower train.warmup_epochs")
+    determinism = apply_determinism(cfg.deterministic)  # before CUDA starts, if it has not
     device = device or select_device(cfg.device, model_cfg.graph_backend)
     precision = precision_for(cfg.amp, device)
     log.info("%s; amp %s", describe_device(device), precision.mode)
@@ -93,7 +99,7 @@ def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Sp
     model = MMFusionModel(model_cfg, widths, device=device).to(device)
     if model.graph_backend is not None:
         log.info("graph backend %s (%s)", model.graph_backend, model.graph_backend_reason)
-    frozen = _freeze_backbone(model, cfg, splits, features, device)
+    frozen = _freeze_backbone(model, cfg, splits, features, device, feature_seed)
     # foreach: one multi-tensor update instead of a Python loop over parameters (CPU too)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
@@ -109,6 +115,8 @@ def _setup_run(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Sp
                 "tabular_widths": widths, "fold": fold}
     if frozen is not None:
         settings["features"] = frozen
+    if cfg.deterministic:  # what was in force (metrics.json settings.determinism)
+        settings["determinism"] = determinism
     return RunState(model_cfg=model_cfg, cfg=cfg, out=out, fold=fold, device=device,
                     settings=settings, model=model, optimizer=optimizer, scheduler=scheduler,
                     diff_opt=diff_opt, gen=gen, ema=ema, precision=precision,
@@ -142,11 +150,13 @@ def _resume(run: RunState, last: Path) -> None:
 
 def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, SplitData],
              out_dir: str | Path, fold: int = 0, resume: bool = True,
-             features: str | Path | None = None) -> dict[str, Any]:
+             features: str | Path | None = None, feature_seed: int | None = None
+             ) -> dict[str, Any]:
     """Train `model_cfg.variant` on `splits['train']`, select on `val`, score `test` once.
 
     With `model_cfg.freeze_backbone`, `features` is the feature cache
-    (`mmfusion.train.features`) the splits were loaded from: the backbone takes its weights
+    (`mmfusion.train.features`, built with `feature_seed`, default `cfg.seed`: another
+    training seed of the fold shares it) the splits were loaded from: the backbone takes its weights
     and is not trained, and images are not augmented (the maps are of the raw patches).
     Writes to `out_dir`: `last.pt` (resumable state), `model.pt` (chosen checkpoint, the
     whole model, backbone included), `train_log.csv`, `val_predictions.csv`,
@@ -156,7 +166,8 @@ def fit_fold(model_cfg: ModelConfig, cfg: TrainConfig, splits: Mapping[str, Spli
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = _setup_run(model_cfg, cfg, splits, out, fold, features)
+    run = _setup_run(model_cfg, cfg, splits, out, fold, features,
+                     feature_seed=feature_seed)
     if resume:
         _resume(run, out / "last.pt")
 

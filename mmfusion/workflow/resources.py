@@ -89,6 +89,7 @@ FIXED: dict[str, tuple[int, int]] = {
     "train_baseline": (2000, 15),
     "build_report": (4000, 30),
     "bundle_model": (1000, 5),  # copies and checksums
+    "ensemble_seeds": (1000, 5),  # a fold's seeds' predictions averaged (train.seeds > 1)
     "external_report": (4000, 15),
 }
 
@@ -136,7 +137,11 @@ class RuleResources:
             **config["cohort"], "synthetic": False,
             "clinical": config.get("external", {}).get("clinical", "")}}) / 2))
         table["external_prepare"] = (FIXED["extract_radiomics"][0], MIN_RUNTIME + external)
-        table["predict_external"] = (train_mem, features_minutes * 2)
+        # ... with every model of the bundle: folds x repeats x seeds
+        models = int(config["folds"].get("repeats", 1)) * int(train.get("seeds", 1))
+        table["predict_external"] = (train_mem, features_minutes * 2 * models)
+        table["bundle_model"] = (FIXED["bundle_model"][0],
+                                 FIXED["bundle_model"][1] * max(1, math.ceil(models / 2)))
         # Fig. 3 (plot_trajectories): every diffusion variant's fold models run forward
         # once over the cohort (each patient is a test patient once), on the CPU, without
         # gradients (taken as a third of a training step's time and activation memory);

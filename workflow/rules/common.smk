@@ -7,10 +7,6 @@ from pathlib import Path
 from snakemake.utils import validate
 
 
-# Fills every omitted key with the schema's default (the schema is the one place defaults
-# are defined; the package's settings classes read theirs from it too).
-validate(config, schema="../schemas/config.schema.yaml")
-
 # Rules run the package of this checkout as `python -m mmfusion ...`, in the pip venv and
 # in the rules' conda envs alike (those carry only the dependencies).
 PACKAGE_DIR = str(Path(workflow.basedir).resolve())
@@ -18,6 +14,16 @@ _PACKAGE_ROOT = shlex.quote(PACKAGE_DIR)
 # The input functions below come from the package of this checkout.
 if PACKAGE_DIR not in sys.path:
     sys.path.insert(0, PACKAGE_DIR)
+
+# Nested --config values arrive as strings (--config 'folds={repeats: 2}'): typed here.
+from mmfusion.settings import config_schema
+from mmfusion.workflow.cli_config import coerce_cli_scalars
+
+coerce_cli_scalars(config, config_schema())
+
+# Fills every omitted key with the schema's default (the schema is the one place defaults
+# are defined; the package's settings classes read theirs from it too).
+validate(config, schema="../schemas/config.schema.yaml")
 # (the prefix is formatted again like a shell command, hence the quadrupled braces)
 shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={_PACKAGE_ROOT}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
@@ -54,6 +60,7 @@ write_resolved_config(config, RESOLVED_CONFIG)
 wildcard_constraints:
     patient=r"[A-Za-z0-9._-]+",
     fold=r"\d+",
+    seed=r"\d+",
     variant=r"[a-z0-9_]+",
 
 
@@ -78,7 +85,11 @@ install_group_components_fix()
 
 # ---- train inputs
 DEEP_VARIANTS, BASELINE_VARIANTS = split_variants(config["model"]["variants"])
-FOLDS = list(range(config["folds"]["n_folds"]))
+# repeated cross-validation (folds.repeats = R): fold g is fold g mod K of repeat g // K;
+# repeat 0's folds are the folds of R = 1. SEEDS: training runs per fold (train.seeds).
+FOLDS = list(range(config["folds"]["n_folds"] * config["folds"]["repeats"]))
+FIRST_REPEAT_FOLDS = list(range(config["folds"]["n_folds"]))
+SEEDS = list(range(config["train"]["seeds"]))
 FEATURE_CACHE = f"{RESULTS}/cache/features"
 FROZEN = bool(config["model"]["freeze_backbone"])
 FEATURES_OPTION = f"--features {shlex.quote(FEATURE_CACHE)}" if FROZEN else ""

@@ -53,6 +53,11 @@ rule build_report:
             caption="../report/paired_tests.rst",
             category="Tables",
         ),
+        repeated=report(
+            f"{REPORT_DIR}/repeated_cv.csv",
+            caption="../report/repeated_cv.rst",
+            category="Tables",
+        ),
         calibration_table=report(
             f"{REPORT_DIR}/calibration.csv",
             caption="../report/calibration_table.rst",
@@ -135,19 +140,26 @@ FINAL_TARGETS.append(rules.build_report.output.summary)
 
 
 # Paper Fig. 3: the diffusion's reverse trajectory of every fold's test patients (t-SNE
-# of the mean-over-samples y_t at steps T..0, Davies-Bouldin per step), for each diffusion
-# variant in model.variants (mmfusion and its Table 3 ablations); none when there is none.
-# The fold models (model.pt, scoring.json, preprocessor.json) lie beside metrics.json.
+# of the noise network's hidden features at steps T..1, Davies-Bouldin per step, y_t in
+# its own coordinates), for each diffusion variant in model.variants (mmfusion and its
+# Table 3 ablations); none when there is none. Repeat 0's folds (each patient once) and, with
+# train.seeds > 1, each fold's seed 0 (models/{variant}/fold{k}/seed0: model.pt,
+# scoring.json, preprocessor.json beside its metrics.json).
 DIFFUSION_VARIANTS = [v for v in DEEP_VARIANTS if VARIANTS[v][2]]
+FIG3_MODEL = (
+    f"{RESULTS}/models/{{variant}}/fold{{fold}}/seed0"
+    if MULTI_SEED
+    else f"{RESULTS}/models/{{variant}}/fold{{fold}}"
+)
 
 if DIFFUSION_VARIANTS:
 
     rule plot_trajectories:
         input:
             metrics=expand(
-                f"{RESULTS}/models/{{variant}}/fold{{fold}}/metrics.json",
+                f"{FIG3_MODEL}/metrics.json",
                 variant=DIFFUSION_VARIANTS,
-                fold=FOLDS,
+                fold=FIRST_REPEAT_FOLDS,
             ),
             table=rules.build_cohort.output.table,
             spec=rules.build_cohort.output.spec,
@@ -163,9 +175,18 @@ if DIFFUSION_VARIANTS:
                 expand(
                     f"{REPORT_DIR}/fig3/{{variant}}_fold{{fold}}.png",
                     variant=DIFFUSION_VARIANTS,
-                    fold=FOLDS,
+                    fold=FIRST_REPEAT_FOLDS,
                 ),
                 caption="../report/fig3_tsne.rst",
+                category="Figures",
+            ),
+            y_t=report(
+                expand(
+                    f"{REPORT_DIR}/fig3/{{variant}}_fold{{fold}}_y_t.png",
+                    variant=DIFFUSION_VARIANTS,
+                    fold=FIRST_REPEAT_FOLDS,
+                ),
+                caption="../report/fig3_y_t.rst",
                 category="Figures",
             ),
             davies_bouldin=report(
@@ -180,6 +201,9 @@ if DIFFUSION_VARIANTS:
             info=f"{REPORT_DIR}/fig3/info.json",
         params:
             variants=" ".join(DIFFUSION_VARIANTS),
+            models=f"{RESULTS}/models",
+            folds=" ".join(str(k) for k in FIRST_REPEAT_FOLDS),
+            member="--member seed0" if MULTI_SEED else "",
         threads: 1
         log:
             f"{RESULTS}/logs/plot_trajectories.log",
@@ -192,7 +216,7 @@ if DIFFUSION_VARIANTS:
             "../../envs/train.yaml"
         shell:
             "python -m mmfusion trajectory"
-            " --models-dir \"$(dirname \"$(dirname \"$(dirname {input.metrics[0]:q})\")\")\""
+            " --models-dir {params.models:q} --fold-numbers {params.folds} {params.member}"
             " --variants {params.variants} --table {input.table:q} --spec {input.spec:q}"
             " --folds {input.folds:q} --cache {input.cache:q}"
             " --out \"$(dirname {output.table:q})\" --device cpu --threads {threads}"
