@@ -80,12 +80,14 @@ def test_a_settings_class_cannot_define_a_default_twice() -> None:
             n_folds: int = 5
             val_fraction: float
             seed: int
+            repeats: int
 
     with pytest.raises(TypeError, match=r"no field for folds key\(s\) \['seed'\]"):
         @schema_defaults("folds")
         class Forgot:
             n_folds: int
             val_fraction: float
+            repeats: int
 
 
 MINIMAL_REAL = {"cohort": {"dicom_root": "/data/dicom", "clinical": "/data/c.csv"}}
