@@ -260,3 +260,33 @@ def test_tsv_manifest_and_relative_paths(tmp_path: Path) -> None:
     assert entry.image == str(tmp_path / "sub" / ".." / "ct.nii.gz")
     assert entry.nodes == (str(tmp_path / "sub" / "a.nrrd"), str(tmp_path / "sub" / "b.nrrd"))
 
+
+
+@pytest.mark.parametrize("case", ["nan_ct", "folder_as_mask", "text_as_image", "nan_mask"])
+def test_hostile_files_end_in_a_clean_exclusion(tmp_path: Path, vols: dict, case: str) -> None:
+    """Hostile files in a manifest: a recorded exclusion naming the patient, no traceback."""
+    ct, tumour = vols["ct"].astype(np.float32), vols["tumour"].astype(np.float32)
+    row = {"patient_id": "P1", "image": "ct.nii.gz", "tumour": "t.nii.gz"}
+    if case == "nan_ct":
+        ct[3, 4, 5] = np.nan
+    elif case == "nan_mask":
+        tumour[3, 4, 5] = np.nan
+    write(ct, tmp_path / "ct.nii.gz")
+    write(tumour, tmp_path / "t.nii.gz")
+    if case == "folder_as_mask":
+        (tmp_path / "masks").mkdir()
+        row["tumour"] = "masks"
+    elif case == "text_as_image":
+        (tmp_path / "ct.txt").write_text("not a volume")
+        row["image"] = "ct.txt"
+    manifest = write_manifest(tmp_path / "m.csv", [row])
+    index = tmp_path / "res" / "dicom_index.tsv"
+    assert cli(["index", "--manifest", str(manifest), "--out", str(index)]) == 0
+    status = tmp_path / "res" / "P1" / "status.json"
+    assert cli(["convert", "--manifest-index", str(index.parent / "manifest_index.tsv"),
+                "--patient", "P1", "--out", str(status.parent), "--status-out",
+                str(status)]) == 0
+    record = json.loads(status.read_text())
+    assert record["status"] == "excluded" and "patient P1" in record["reason"], record
+    assert "Traceback" not in record["reason"] and "\n" not in record["reason"]
+    assert not (status.parent / "gtv_t.nii.gz").exists()  # nothing that looks complete

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion.errors import ImageError
-from mmfusion.images.volumes import FORMATS, has_suffix, read_information
+from mmfusion.images.volumes import FORMATS, has_suffix, nifti_non_finite, read_information
 
 LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MASK_FORMATS = f"{FORMATS.replace(' or a DICOM folder', '')}, 3D Slicer .seg.nrrd or DICOM-SEG"
@@ -126,6 +126,9 @@ def _label_map(path: str, patient: str):
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     array = sitk.GetArrayViewFromImage(image)
+    if nifti_non_finite(path):
+        raise ImageError("the mask holds NaN or infinite values", patient=patient, path=path,
+                         fix="give a label map: 0 background, 1, 2, ... regions")
     if not np.issubdtype(array.dtype, np.integer):
         finite = np.isfinite(array)
         odd = array[finite & (array != np.round(array))] if finite.all() else array[~finite]

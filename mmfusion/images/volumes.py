@@ -1,7 +1,8 @@
 """A manifest patient's CT: NIfTI, NRRD, MetaImage, or a folder with one DICOM CT series.
 
 Refused (one line, naming patient and file): a missing or unreadable file, an image that is
-not one 3-D scalar volume (2-D, 4-D, RGB/vector), fewer than two slices. Warned: intensities
+not one 3-D scalar volume (2-D, 4-D, RGB/vector), fewer than two slices, NaN or infinite
+voxels. Warned: intensities
 that do not look like CT in Hounsfield units (a normalised volume, an MR, a CT stored
 without its -1024 rescale), because crop windows and radiomics bins assume HU.
 """
@@ -62,6 +63,19 @@ def header_problems(path: str) -> list[str]:
     return [f"image {path}: {problem}"] if problem else []
 
 
+def nifti_non_finite(path: str | Path) -> int:
+    """NaN/infinite voxels of a float NIfTI file, counted on the file's own data: ITK's NIfTI
+    reader turns NaN into 0, which would pass a broken volume or mask on unnoticed."""
+    if not has_suffix(path, (".nii", ".nii.gz")):
+        return 0
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if image.get_data_dtype().kind != "f":
+        return 0
+    return int((~np.isfinite(np.asarray(image.dataobj))).sum())
+
+
 def read_ct(path: str | Path, patient: str, checks=None):
     """The CT as a 3-D SimpleITK image (LPS) and warnings.
 
@@ -93,7 +107,14 @@ def read_ct(path: str | Path, patient: str, checks=None):
         integral = np.issubdtype(array.dtype, np.integer)
         fits = integral and array.min() >= -32768 and array.max() <= 32767
         image = sitk.Cast(image, sitk.sitkInt16 if fits else sitk.sitkFloat32)
-    warnings.extend(intensity_warnings(sitk.GetArrayViewFromImage(image)))
+    array = sitk.GetArrayViewFromImage(image)
+    bad = (int((~np.isfinite(array)).sum()) if array.dtype.kind == "f" else 0) \
+        or (nifti_non_finite(p) if p.is_file() else 0)
+    if bad:
+        raise ImageError(f"the image holds {bad} NaN or infinite voxel(s)", patient=patient,
+                         path=str(p),
+                         fix="export the CT again (every voxel a number in HU)")
+    warnings.extend(intensity_warnings(array))
     return image, warnings
 
 
