@@ -20,11 +20,8 @@ MULTI_SEED = len(SEEDS) > 1
 # where one training run writes, and its log name
 RUN_DIR = f"{MODEL_DIR}/seed{{seed}}" if MULTI_SEED else MODEL_DIR
 RUN_NAME = "{variant}_fold{fold}_seed{seed}" if MULTI_SEED else "{variant}_fold{fold}"
-
-
-def seed_option(wildcards):
-    """`--seed-index s` of a seed's training run (train.seeds > 1); none otherwise."""
-    return f"--seed-index {wildcards.seed}" if MULTI_SEED else ""
+# `--seed-index s` of a seed's training run (train.seeds > 1); none otherwise
+seed_option = lambda wildcards: f"--seed-index {wildcards.seed}" if MULTI_SEED else ""
 
 
 rule cache_patches:

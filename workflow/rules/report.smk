@@ -201,7 +201,8 @@ if DIFFUSION_VARIANTS:
             info=f"{REPORT_DIR}/fig3/info.json",
         params:
             variants=" ".join(DIFFUSION_VARIANTS),
-            models=f"{RESULTS}/models",
+            # results/models, from the cohort table's path (results/cohort/table.tsv)
+            models=lambda wildcards, input: str(Path(input.table).parent.parent / "models"),
             folds=" ".join(str(k) for k in FIRST_REPEAT_FOLDS),
             member="--member seed0" if MULTI_SEED else "",
         threads: 1
