@@ -135,3 +135,86 @@ def variance_components(values: pd.DataFrame, column: str = "value") -> dict[str
 def repeat_means(values: pd.DataFrame, column: str = "value") -> pd.Series:
     """Per repeat: the mean of `column` over its folds (the K-fold estimate one run reports)."""
     return values.dropna(subset=[column]).groupby("repeat")[column].mean()
+
+
+# ---- tables of the report (build.py): every model's metrics, spread, shares, corrected tests
+
+SPREAD_METRICS = ["auc", "balanced_accuracy", "brier"]
+REPEATED_COLUMNS = ["variant", "metric", "n_models", "mean", "sd", "sd_repeat_means",
+                    *COMPONENT_COLUMNS]
+CORRECTED_COLUMNS = ["nb_n", "nb_mean_difference", "nb_ratio", "nb_t", "nb_df",
+                     "nb_p_value", "diff_var_seed", "diff_var_fold", "diff_var_repeat",
+                     "diff_share_seed", "diff_share_split"]
+
+
+def member_metrics(paths: list, repeats: dict[int, int]) -> pd.DataFrame:
+    """One row per trained model (variant, fold, repeat, seed, SPREAD_METRICS): a fold's
+    own metrics.json (seed 0) or, where it is an ensemble of training seeds (`members`),
+    each seed's metrics.json in its folder."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for path in map(Path, paths):
+        data = json.loads(path.read_text())
+        fold = int(path.parent.name.removeprefix("fold"))
+        members = data.get("members")
+        sources = ([(i, json.loads((path.parent / m["dir"] / "metrics.json").read_text()))
+                    for i, m in enumerate(members)] if members else [(0, data)])
+        for seed, record in sources:
+            test = record.get("test", {})
+            rows.append({"variant": path.parent.parent.name, "fold": fold,
+                         "repeat": repeats.get(fold, 0), "seed": seed,
+                         **{m: _num(test.get(m)) for m in SPREAD_METRICS}})
+    return pd.DataFrame(rows, columns=["variant", "fold", "repeat", "seed", *SPREAD_METRICS])
+
+
+def _num(value: object) -> float:
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
+
+
+def repeated_cv_table(fold_metrics: pd.DataFrame, models: pd.DataFrame,
+                      order: list[str]) -> pd.DataFrame:
+    """repeated_cv.csv: per variant and metric, the mean and sd over repeats x folds of the
+    folds' own values (seed ensembles where train.seeds > 1), the sd of the repeats'
+    K-fold means, and the seed / fold / repeat variance components of single models."""
+    rows = []
+    for variant in order:
+        folds = fold_metrics[fold_metrics["variant"].astype(str) == variant]
+        mine = models[models["variant"] == variant]
+        for metric in SPREAD_METRICS:
+            values = folds[metric].astype(float).dropna()
+            means = repeat_means(folds.rename(columns={metric: "value"}))
+            rows.append({"variant": variant, "metric": metric, "n_models": len(mine),
+                         "mean": float(values.mean()) if len(values) else math.nan,
+                         "sd": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                         "sd_repeat_means": (float(means.std(ddof=1)) if len(means) > 1
+                                             else math.nan),
+                         **variance_components(mine.rename(columns={metric: "value"}))})
+    return pd.DataFrame(rows, columns=REPEATED_COLUMNS)
+
+
+def corrected_tests(fold_metrics: pd.DataFrame, models: pd.DataFrame, reference: str,
+                    others: list[str], n_train: float, n_test: float) -> pd.DataFrame:
+    """Per other variant: Nadeau & Bengio's corrected resampled t-test of the per-fold AUC
+    differences reference - other over every repeat x fold, and the variance components
+    of the single models' paired AUC differences (same repeat, fold and seed number)."""
+    wide = fold_metrics.pivot_table(index="fold", columns="variant", values="auc",
+                                    aggfunc="first", observed=True)
+    wide.columns = [str(c) for c in wide.columns]
+    per_model = models.pivot_table(index=["repeat", "fold", "seed"], columns="variant",
+                                   values="auc", aggfunc="first")
+    rows = []
+    for other in others:
+        if reference not in wide or other not in wide:
+            continue
+        res = corrected_resampled_ttest((wide[reference] - wide[other]).to_numpy(float),
+                                        n_train, n_test)
+        diff = (per_model[reference] - per_model[other]).rename("value").reset_index()
+        comps = variance_components(diff)
+        rows.append({"reference": reference, "other": other, "nb_n": res.n,
+                     "nb_mean_difference": res.mean, "nb_ratio": res.ratio, "nb_t": res.t,
+                     "nb_df": res.df, "nb_p_value": res.p_value,
+                     **{f"diff_{k}": comps[k] for k in ("var_seed", "var_fold", "var_repeat",
+                                                        "share_seed", "share_split")}})
+    return pd.DataFrame(rows, columns=["reference", "other", *CORRECTED_COLUMNS])
