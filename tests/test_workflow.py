@@ -147,7 +147,12 @@ def test_config_schema_rejects_unknown_and_bad_keys(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump(config))
     res = _snakemake(["-n", "--configfile", str(cfg)])
     assert res.returncode != 0
-    assert "dicom_root" in res.stdout + res.stderr
+    assert "clinical" in res.stdout + res.stderr
+    config["cohort"] = {"synthetic": False, "clinical": "c.csv"}  # ... and its images
+    cfg.write_text(yaml.safe_dump(config))
+    res = _snakemake(["-n", "--configfile", str(cfg)])
+    assert res.returncode != 0
+    assert "dicom_root" in res.stdout + res.stderr and "manifest" in res.stdout + res.stderr
 
 
 def test_snakemake_lint_is_clean() -> None:

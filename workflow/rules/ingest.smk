@@ -10,7 +10,7 @@ checkpoint index_dicom:
     input:
         unpack(index_dicom_inputs),
     output:
-        f"{RESULTS}/dicom_index.tsv",
+        index=f"{RESULTS}/dicom_index.tsv",
         manifest=f"{RESULTS}/manifest_index.tsv",
     params:
         sources=COHORT.index_arguments(),
@@ -25,7 +25,7 @@ checkpoint index_dicom:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m mmfusion index {params.sources} --out {output[0]:q}"
+        "python -m mmfusion index {params.sources} --out {output.index:q}"
         " --manifest-out {output.manifest:q} --workers {threads} --no-progress > {log:q} 2>&1"
 
 
