@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # The interpreter: PYTHON=... or the first of python3.11, python3.12 (the DGL route:
-# torch 2.2.1 + dgl 2.1.0), python3.13 (the torch route: newest torch, no DGL; pyproject.toml)
+# torch 2.10.0 + dgl 2.1.0), python3.13 (the torch route: newest torch, no DGL; pyproject.toml)
 # on PATH that runs (a pyenv shim of a version not selected does not).
 SUPPORTED_PYTHONS := 3.11 3.12 3.13
 PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell python$(v) -c 'import sys' >/dev/null 2>&1 && echo python$(v))) $(shell python3 -c 'import sys; print("python3" if (3, 11) <= sys.version_info[:2] <= (3, 13) else "")' 2>/dev/null))

@@ -29,9 +29,9 @@ from mmfusion.settings import check_choice
 log = logging.getLogger(__name__)
 
 GRAPH_BACKENDS = ("auto", "dgl", "torch")
-DGL_FIX = ("install DGL (Python 3.11 or 3.12 with torch 2.2.1: `pip install dgl==2.1.0 "
-           "torchdata==0.7.1`), or set model.graph_backend: torch (the same maths in plain "
-           "torch)")
+DGL_FIX = ("install DGL (Python 3.11 or 3.12: `pip install dgl==2.1.0`, PyPI's last Linux "
+           "build, which mmfusion imports beside newer torch via mmfusion.dgl_compat), or set "
+           "model.graph_backend: torch (the same maths in plain torch)")
 _said: set[str] = set()
 
 

@@ -51,12 +51,13 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("off", "bf16", "fp16")
-DGL_CUDA_FIX = ("install DGL's CUDA build for torch 2.2 + CUDA 12.1: `pip uninstall -y dgl && "
-                "pip install dgl -f https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html`, "
-                "or use the conda environment envs/train.yaml (channel "
-                "dglteam/label/th22_cu121)")
-TORCH_CUDA_FIX = ("install torch's CUDA build: `pip install torch==2.2.1 --index-url "
-                  "https://download.pytorch.org/whl/cu121`, or use envs/train.yaml")
+DGL_CUDA_FIX = ("PyPI has no CUDA build of DGL for the pip route's torch: leave "
+                "model.graph_backend at auto (HGA's graph layer in torch on the GPU, the same "
+                "maths) or keep dgl (the graph layer on the CPU, the rest on the GPU); for DGL "
+                "itself on the GPU use the conda environment envs/train.yaml (torch 2.2.1 + "
+                "DGL's CUDA build from channel dglteam/label/th22_cu121)")
+TORCH_CUDA_FIX = ("install torch's CUDA build (PyPI's Linux x86_64 wheels are CUDA builds: "
+                  "`pip install torch==2.10.0`, CUDA 12.8), or use envs/train.yaml")
 
 _said: set[str] = set()  # messages already logged by this process
 
