@@ -270,9 +270,11 @@ def test_a_bundle_scores_new_patients_well_above_chance(figure: Path) -> None:
 def test_predict_reproduces_the_workflows_scores_of_training_patients(run: Path,
                                                                       tmp_path: Path) -> None:
     """DICOM -> features -> in-fold preprocessing -> model, outside the workflow, gives each
-    fold's workflow probabilities of its validation and test patients to 1e-6, for every
+    fold's workflow probabilities of its validation and test patients to 5e-6, for every
     variant (mmfusion's diffusion included), although predict batches the whole cohort in
-    its own order while each fold scored its splits in batches of 2."""
+    its own order while each fold scored its splits in batches of 2. (float32 rounding: CPU
+    kernels are chosen by batch size; torch 2.2.1 agreed to 2e-7, torch 2.10.0 to 1.1e-6
+    on one patient; the bug this guards against moved scores by up to 0.19.)"""
     results = _results(run)
     cohort = results / "demo_cohort"
     patients = [f"ESO-{i:04d}" for i in range(1, N_PATIENTS + 1)]
@@ -297,7 +299,7 @@ def test_predict_reproduces_the_workflows_scores_of_training_patients(run: Path,
                 assert len(both) == len(trained)  # every one of the fold's patients
                 for col in ("probability", "probability_raw"):  # recalibrated and raw
                     np.testing.assert_allclose(both[f"{col}_x"], both[f"{col}_y"], rtol=0,
-                                               atol=1e-6,
+                                               atol=5e-6,
                                                err_msg=f"{variant} fold {k} {name} {col}")
                 compared += len(both)
         assert compared >= N_PATIENTS

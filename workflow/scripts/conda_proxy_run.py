@@ -206,6 +206,15 @@ def run_proxy(mapping: Path = DEFAULT_MAPPING, envs_dir: Path | None = None,
             frozen.write_text(yaml.safe_dump(tiny_config(work, freeze_backbone=True)))
             phase("train-frozen", "train",
                   [str(results / "cache" / "features"), "--configfile", str(frozen)])
+            # ensemble_seeds runs only with train.seeds > 1: one baseline fold with two
+            # seeds (their runs go to fold0/seed{s}/, the ensemble rewrites fold0/)
+            seeds = work / "config_seeds.yaml"
+            seeded = tiny_config(work)
+            seeded["train"]["seeds"] = 2
+            seeds.write_text(yaml.safe_dump(seeded))
+            phase("train-seeds", "train",
+                  [str(results / "models" / "logreg" / "fold0" / "predictions.csv"),
+                   "--forcerun", "ensemble_seeds", "--configfile", str(seeds)])
     for label, ran in ran_by_phase.items():
         env_name = label.split("-")[0]
         wrong = sorted({r for r in ran if r in {x.name for x in check.rules}} -
