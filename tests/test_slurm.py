@@ -128,6 +128,25 @@ def test_check_slurm_run_catches_a_submission_missing_from_accounting(tmp_path: 
     assert problems and problems[0].startswith("submitted ['99'] but accounting lists")
 
 
+def test_demo_keeps_the_profiles_groups_when_it_sets_the_batch_size() -> None:
+    """A --group-components on the command line replaces the profile's whole list: the demo
+    must pass the profile's other groups along, or each of their jobs goes alone."""
+    sizes = dict(item.split("=") for item in demo.group_components(7))
+    assert sizes["convert"] == sizes["patients"] == "7"
+    assert {"baselines", "finish"} <= set(sizes)
+
+
+def test_job_timing_splits_running_from_idle_time() -> None:
+    jobs = [{"submit": "2026-12-08T01:00:00", "start": "2026-12-08T01:00:02",
+             "end": "2026-12-08T01:00:10"},
+            {"submit": "2026-12-08T01:00:00", "start": "2026-12-08T01:00:05",
+             "end": "2026-12-08T01:00:20"},
+            {"submit": "2026-12-08T01:00:30", "start": "Unknown", "end": "Unknown"}]
+    assert demo.job_timing(jobs, 30.0) == {
+        "jobs_seconds_sum": 23.0, "jobs_running_span_seconds": 18.0,
+        "queued_seconds_sum": 7.0, "no_job_running_seconds": 12.0}
+
+
 # ---- the real thing ---------------------------------------------------------------------
 
 def _slurm_unavailable() -> str | None:
@@ -156,7 +175,8 @@ def test_workflow_through_slurm_equals_the_local_run(tmp_path: Path) -> None:
     assert summary["local_rc"] == 0, (tmp_path / "local.log").read_text()[-6000:]
     assert summary["problems"] == []
     jobs = summary["slurm_jobs"]
-    # 3 + 5 batch jobs for the 12 patients' per-patient stages, 9 folds, and the rest
+    # 3 + 5 batch jobs for the 12 patients' per-patient stages, 6 deep folds, one job each
+    # for the cohort chain, the 3 baseline folds and the finish (bundles, report), the rest
     assert len(jobs) >= 20 and all(j["state"] == "COMPLETED" for j in jobs)
     assert summary["folds_compared"] == 9 and summary["differences"] == []
     assert json.loads((tmp_path / "slurm_demo.json").read_text())["ok"] is True
@@ -186,7 +206,8 @@ def _dry_run_resources(tmp_path: Path, *profile: str) -> dict[str, str]:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rules, current = {}, None
     for line in res.stdout.splitlines():
-        if line.startswith(("rule ", "localrule ")):
+        # a grouped job's rules are listed indented under their group job
+        if line.strip().startswith(("rule ", "localrule ")):
             current = line.split()[1].rstrip(":")
         elif line.strip().startswith("resources:") and current:
             rules[current] = line
@@ -216,3 +237,24 @@ def test_cpu_demo_requests_no_gpu(tmp_path: Path) -> None:
     rules = _dry_run_resources(tmp_path)
     assert _resource(rules["train_fold"], "gpu") == "0"
     assert int(_resource(rules["train_fold"], "runtime")) > 0
+
+
+def test_slurm_profile_groups_short_jobs_but_not_deep_folds() -> None:
+    """The profile batches short jobs into one SLURM job each (fewer submissions and status
+    waits), never the deep-variant folds (one GPU each), and names only rules that exist."""
+    import re
+
+    import yaml
+
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    groups = dict(item.split("=") for item in profile["groups"])
+    components = dict(item.split("=") for item in profile["group-components"])
+    rules_text = "\n".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    defined = set(re.findall(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", rules_text, re.M))
+    assert set(groups) <= defined, set(groups) - defined
+    assert "train_fold" not in groups and "cache_features" not in groups
+    assert groups["build_cohort"] == groups["make_folds"] == groups["cache_patches"]
+    assert groups["bundle_model"] == groups["build_report"]
+    # unconnected jobs of a group share a SLURM job only up to its group-components
+    assert int(components[groups["train_baseline"]]) > 1
+    assert int(components[groups["bundle_model"]]) > 1

@@ -164,8 +164,16 @@ SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-# A job without --mem would otherwise get the whole node's memory (and run alone).
+# CPUs only, not memory, are consumable: with CR_Core_Memory every job step (srun) of
+# Slurm 22.05 claims all of its job's memory unless srun gets --mem, which the snakemake
+# jobstep plugin (0.6.x) never passes, so the jobs of a Snakemake batch (group) job ran one
+# at a time on half its CPUs (measured: two 5-s steps in a 2-CPU job took 10 s; 5 s with
+# CR_Core; the demo's batch jobs gained little, 52 -> 48 s, as each job in them starts its
+# own Snakemake, which is most of their time). Jobs still
+# state --mem (the workflow's mem_mb), and a request beyond the node's RealMemory is still
+# refused at submit.
+SelectTypeParameters=CR_Core
+# A job without --mem gets this much (without it: the whole node's memory).
 DefMemPerCPU=1024
 JobCompType=jobcomp/none
 # squeue keeps finished jobs for MinJobAge seconds; the snakemake plugin's

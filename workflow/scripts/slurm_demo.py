@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -63,26 +64,61 @@ def demo_config(out: Path, name: str, patients: int, epochs: int | None,
 
 
 def _snakemake(args: list[str], log: Path, timeout_s: int) -> tuple[int, float]:
-    """Run snakemake (this interpreter's) from the repo root; (exit code, seconds)."""
+    """Run snakemake (this interpreter's) from the repo root; (exit code, seconds). The
+    machine's load average before and after is appended to the log (other work on the
+    machine slows both runs)."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     # `timeout -k`: snakemake may outlive a SIGTERM while SLURM jobs are pending
     cmd = ["timeout", "-k", "30", str(timeout_s), str(bindir / "snakemake"), *args]
     t0 = time.monotonic()
+    load_before = os.getloadavg()
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    LOADS[log.stem] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     return rc, time.monotonic() - t0
+
+
+# run name -> load averages (1, 5, 15 min) before the run, then after it
+LOADS: dict[str, list[float]] = {}
 
 
 def sacct_jobs(run_id: str, since: str) -> list[dict[str, str]]:
     """This run's SLURM jobs (the plugin names them after its run ID) from accounting."""
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since,
-                          "-o", "JobID,JobName%40,Comment%300,State,Elapsed,ReqMem,AllocCPUS"],
+                          "-o", "JobID,JobName%40,Comment%300,State,Elapsed,ReqMem,AllocCPUS,"
+                          "Submit,Start,End"],
                          capture_output=True, text=True, check=True).stdout
-    keys = ("job_id", "name", "comment", "state", "elapsed", "req_mem", "cpus")
+    keys = ("job_id", "name", "comment", "state", "elapsed", "req_mem", "cpus", "submit",
+            "start", "end")
     rows = [dict(zip(keys, line.split("|"), strict=True))
             for line in out.splitlines() if line.strip()]
     return [r for r in rows if r["name"] == run_id]
+
+
+def _seconds(stamp: str) -> float | None:
+    """sacct's `2026-12-08T01:05:00` as epoch seconds; None for Unknown/None."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def job_timing(jobs: list[dict[str, str]], wall_s: float) -> dict[str, float]:
+    """Where a SLURM run's wall time went: seconds the jobs ran (summed, and the span with at
+    least one job running) and waited queued; the rest of the wall time is submission and
+    status-check latency (the plugin notices a finished job at its next status check)."""
+    spans = [(s, e, q) for j in jobs
+             if None not in (s := _seconds(j.get("start", "")), e := _seconds(j.get("end", "")),
+                             q := _seconds(j.get("submit", "")))]
+    busy, last = 0.0, float("-inf")
+    for start, end, _ in sorted(spans):  # union of the running intervals
+        busy += max(0.0, end - max(start, last))
+        last = max(last, end)
+    return {"jobs_seconds_sum": sum(e - s for s, e, _ in spans),
+            "jobs_running_span_seconds": busy,
+            "queued_seconds_sum": sum(s - q for s, _, q in spans),
+            "no_job_running_seconds": round(max(0.0, wall_s - busy), 1)}
 
 
 def rules_run(results: Path) -> set[str]:
@@ -123,13 +159,24 @@ def check_slurm_run(log_text: str, jobs: list[dict[str, str]], results: Path,
     return problems
 
 
+def group_components(group_size: int) -> list[str]:
+    """The profile's group-components with the per-patient groups set to `group_size`: a
+    --group-components on the command line replaces the profile's whole list."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    sizes = dict(item.split("=", 1) for item in profile.get("group-components") or [])
+    sizes.update({g: str(group_size) for g in GROUPS})
+    return [f"{g}={n}" for g, n in sizes.items()]
+
+
 def cluster(action: str) -> None:
     subprocess.run(["bash", str(CLUSTER), action], check=action == "up")
 
 
 def run_demo(out: Path, patients: int, epochs: int | None, variants: Sequence[str] | None,
-             group_size: int, timeout_s: int) -> dict[str, Any]:
-    """Cluster up, SLURM run, local run, comparison; the cluster goes down in any case."""
+             group_size: int, timeout_s: int,
+             extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Cluster up, SLURM run, local run, comparison; the cluster goes down in any case.
+    `extra_args` go to the SLURM run's snakemake after the profile (to try a setting)."""
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     slurm_cfg = demo_config(out, "slurm", patients, epochs, variants)
@@ -146,12 +193,13 @@ def run_demo(out: Path, patients: int, epochs: int | None, variants: Sequence[st
             ["--profile", str(PROFILE.relative_to(REPO)), "--configfile", str(slurm_cfg),
              "--max-threads", str(cores), "--cores", str(cores),
              "--set-resources", "train_fold:gpu=0", "cache_features:gpu=0",
-             "--group-components", *(f"{g}={group_size}" for g in GROUPS)],
+             "--group-components", *group_components(group_size), *extra_args],
             out / "slurm.log", timeout_s)
         log_text = (out / "slurm.log").read_text()
         run_id = RUN_ID.search(log_text)
         jobs = sacct_jobs(run_id.group(1), since) if run_id else []
-        summary.update(slurm_rc=rc, slurm_seconds=round(secs, 1), slurm_jobs=jobs)
+        summary.update(slurm_rc=rc, slurm_seconds=round(secs, 1), slurm_jobs=jobs,
+                       slurm_timing=job_timing(jobs, secs), extra_args=list(extra_args))
         problems = [] if rc == 0 else [f"SLURM run failed (exit {rc}); see {out}/slurm.log"]
         if rc == 0:
             problems += check_slurm_run(log_text, jobs, out / "slurm", group_size, patients)
@@ -159,7 +207,7 @@ def run_demo(out: Path, patients: int, epochs: int | None, variants: Sequence[st
         cluster("down")
     rc, secs = _snakemake(["--cores", str(cores), "--configfile", str(local_cfg)],
                           out / "local.log", timeout_s)
-    summary.update(local_rc=rc, local_seconds=round(secs, 1))
+    summary.update(local_rc=rc, local_seconds=round(secs, 1), load_averages=dict(LOADS))
     if rc != 0:
         problems.append(f"local run failed (exit {rc}); see {out}/local.log")
     n_folds, diffs = compare_results(out / "slurm", out / "local")
@@ -178,16 +226,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="jobs per SLURM batch job of the per-patient stages")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "slurm-demo")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per workflow run")
+    ap.add_argument("--snakemake-args", default="",
+                    help="extra arguments for the SLURM run, after the profile (one string)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root: it installs and starts a single-node Slurm on this machine")
     s = run_demo(args.out.resolve(), args.patients, args.epochs, args.variants,
-                 args.group_size, args.timeout)
+                 args.group_size, args.timeout, shlex.split(args.snakemake_args))
     n_jobs = len(s["slurm_jobs"])
     print(f"SLURM run: {s['slurm_seconds']:.0f} s, {n_jobs} sbatch jobs "
           f"({sum(j['state'] == 'COMPLETED' for j in s['slurm_jobs'])} COMPLETED); "
           f"local run: {s['local_seconds']:.0f} s; ratio "
           f"{s['slurm_seconds'] / max(s['local_seconds'], 1e-9):.2f}")
+    t = s.get("slurm_timing", {})
+    if t:
+        print(f"SLURM jobs ran {t['jobs_seconds_sum']:.0f} s in all (some at once), queued "
+              f"{t['queued_seconds_sum']:.0f} s in all; for {t['no_job_running_seconds']:.0f} s "
+              "of the SLURM run no job was running (submission and status-check latency)")
+    for name, load in s.get("load_averages", {}).items():
+        print(f"load average during the {name} run: {load[0]:.1f} before, {load[3]:.1f} after "
+              f"(1 min; {os.cpu_count()} cores)")
     for job in s["slurm_jobs"]:
         print(f"  SLURM job {job['job_id']:>5}  {job['state']:<10} {job['elapsed']}  "
               f"{job['cpus']} CPU {job['req_mem']:>6}  {job['comment']}")
